@@ -1,0 +1,45 @@
+# One-command setup: every target creates .venv and installs the project on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint unit notebooks lab course clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev]"
+	touch $(STAMP)
+
+## make test: lint, unit tests, then every notebook under nbval in quick mode.
+test: lint unit notebooks
+
+lint: install
+	$(BIN)/ruff check .
+
+unit: install
+	$(BIN)/python -m pytest tests
+
+notebooks: install
+ifneq ($(wildcard notebooks/*.ipynb),)
+	INCEPTION_QUICK=1 $(BIN)/python -m pytest --nbval-lax --nbval-current-env notebooks/
+else
+	@echo "no notebooks yet: nothing for nbval to run"
+endif
+
+## make lab: JupyterLab on the course.
+lab: install
+	$(BIN)/jupyter lab notebooks/
+
+## make course: run every notebook headless, in order, in full mode, saving the outputs.
+course: install
+	for nb in notebooks/[0-9][0-9]_*.ipynb; do \
+	  echo "== $$nb"; \
+	  INCEPTION_QUICK=0 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=-1 "$$nb" || exit 1; \
+	done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

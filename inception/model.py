@@ -1,0 +1,282 @@
+"""GoogLeNet (Inception v1) as in Szegedy et al. 2015, plus the CIFAR variants this course trains.
+
+Owns the network and its registry of named configurations. It does not know about data,
+training or checkpoints; names follow torchvision's `googlenet.py` so its weights load unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# The paper's Table 1, one row per Inception module:
+# (name, #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
+# The input width of each module is the output width of the one before it.
+INCEPTION_TABLE: list[tuple[str, int, int, int, int, int, int]] = [
+    ("inception3a", 64, 96, 128, 16, 32, 32),
+    ("inception3b", 128, 128, 192, 32, 96, 64),
+    ("inception4a", 192, 96, 208, 16, 48, 64),
+    ("inception4b", 160, 112, 224, 24, 64, 64),
+    ("inception4c", 128, 128, 256, 24, 64, 64),
+    ("inception4d", 112, 144, 288, 32, 64, 64),
+    ("inception4e", 256, 160, 320, 32, 128, 128),
+    ("inception5a", 256, 160, 320, 32, 128, 128),
+    ("inception5b", 384, 192, 384, 48, 128, 128),
+]
+STEMS = ("imagenet", "cifar")
+
+
+class ConvBNReLU(nn.Module):
+    """Convolution without bias, then BatchNorm, then ReLU.
+
+    The bias is dropped because BatchNorm's shift makes it redundant. The paper predates
+    BatchNorm; torchvision (and this course) add it because it makes the network trainable
+    from scratch without the paper's auxiliary-loss crutches and careful learning rates.
+    Submodule names match torchvision's `BasicConv2d` (`conv`, `bn`), eps as there.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, **conv_kwargs) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **conv_kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+class Inception(nn.Module):
+    """The Inception module: four parallel branches whose outputs are concatenated.
+
+    1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 | 3x3 max-pool -> 1x1. The 1x1 "reduce" convolutions
+    shrink the channel count before the expensive spatial convolutions; that is what
+    makes the module cheap enough to stack nine times. `five_by_five=False` uses a 3x3
+    kernel in the third branch, reproducing torchvision's known deviation from the paper.
+    """
+
+    def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int,
+                 ch5x5red: int, ch5x5: int, pool_proj: int, five_by_five: bool = True) -> None:
+        super().__init__()
+        k = 5 if five_by_five else 3
+        self.branch1 = ConvBNReLU(in_channels, ch1x1, kernel_size=1)
+        self.branch2 = nn.Sequential(
+            ConvBNReLU(in_channels, ch3x3red, kernel_size=1),
+            ConvBNReLU(ch3x3red, ch3x3, kernel_size=3, padding=1),
+        )
+        self.branch3 = nn.Sequential(
+            ConvBNReLU(in_channels, ch5x5red, kernel_size=1),
+            ConvBNReLU(ch5x5red, ch5x5, kernel_size=k, padding=k // 2),
+        )
+        self.branch4 = nn.Sequential(
+            nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+            ConvBNReLU(in_channels, pool_proj, kernel_size=1),
+        )
+        self.out_channels = ch1x1 + ch3x3 + ch5x5 + pool_proj
+
+    def forward(self, x: Tensor) -> Tensor:
+        branches = (self.branch1, self.branch2, self.branch3, self.branch4)
+        return torch.cat([branch(x) for branch in branches], dim=1)
+
+
+class InceptionAux(nn.Module):
+    """The paper's auxiliary classifier, attached after inception4a and inception4d.
+
+    Pool to 4x4, 1x1 conv to 128 channels, a 1024-unit fully connected layer with 70%
+    dropout, then the classifier. Its loss (weighted 0.3) adds gradient to the middle of
+    the network during training; at inference the heads are discarded.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, conv_channels: int = 128,
+                 hidden: int = 1024, dropout: float = 0.7) -> None:
+        super().__init__()
+        self.conv = ConvBNReLU(in_channels, conv_channels, kernel_size=1)
+        self.fc1 = nn.Linear(conv_channels * 4 * 4, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+        self.dropout = nn.Dropout(p=dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # The paper uses a 5x5/3 average pool on 14x14 maps; adaptive pooling gives the
+        # same 4x4 grid for any input size (16x16 maps with the CIFAR stem).
+        x = self.conv(F.adaptive_avg_pool2d(x, (4, 4)))
+        x = self.dropout(F.relu(self.fc1(torch.flatten(x, 1)), inplace=True))
+        return self.fc2(x)
+
+
+class GoogLeNetOutputs(NamedTuple):
+    """What a GoogLeNet with aux heads returns in training mode (torchvision's order)."""
+
+    logits: Tensor
+    aux_logits2: Tensor
+    aux_logits1: Tensor
+
+
+def _scaled(channels: int, width: float) -> int:
+    """Scale a channel count by `width`, rounded to a multiple of 8 (vector-friendly)."""
+    return channels if width == 1.0 else max(8, int(round(channels * width / 8)) * 8)
+
+
+class GoogLeNet(nn.Module):
+    """GoogLeNet / Inception v1.
+
+    Args:
+        num_classes: size of the classifier output.
+        in_channels: image channels (3 for RGB).
+        aux_logits: build the two auxiliary classifiers. In training mode the forward pass
+            then returns `GoogLeNetOutputs(logits, aux_logits2, aux_logits1)`; in eval mode,
+            and always when `aux_logits=False`, it returns the logits tensor.
+        dropout: dropout before the final classifier (torchvision's 0.2; the paper used 0.4).
+        dropout_aux: dropout inside the auxiliary heads (the paper's 0.7).
+        width: multiplier on every channel count of Table 1 (rounded to multiples of 8).
+        stem: "imagenet" is the paper's 7x7/2 conv, max-pool, 1x1, 3x3, max-pool, which
+            shrinks 224x224 input 8x before inception3a. "cifar" replaces all of that with
+            one stride-1 3x3 conv, so 32x32 input keeps 32x32 maps through stage 3, 16x16
+            through stage 4 and 8x8 through stage 5.
+        five_by_five: False reproduces torchvision's 3x3 kernel in the "5x5" branch.
+
+    Initialisation: convolutions use Kaiming-normal (fan-out, ReLU gain) so activations keep
+    their scale through the deep stack at step 0; linear layers N(0, 0.01) with zero bias;
+    BatchNorm starts as the identity. All draws come from torch's global RNG, so
+    `torch.manual_seed(s)` before construction gives identical weights.
+    """
+
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, aux_logits: bool = True,
+                 dropout: float = 0.2, dropout_aux: float = 0.7, width: float = 1.0,
+                 stem: str = "imagenet", five_by_five: bool = True) -> None:
+        super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        # Everything needed to rebuild this network (checkpoints store it).
+        self.arch = dict(num_classes=num_classes, in_channels=in_channels, aux_logits=aux_logits,
+                         dropout=dropout, dropout_aux=dropout_aux, width=width, stem=stem,
+                         five_by_five=five_by_five)
+        self.in_channels, self.stem, self.aux_logits = in_channels, stem, aux_logits
+
+        def c(n: int) -> int:
+            return _scaled(n, width)
+
+        if stem == "imagenet":
+            self.conv1 = ConvBNReLU(in_channels, c(64), kernel_size=7, stride=2, padding=3)
+            self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+            self.conv2 = ConvBNReLU(c(64), c(64), kernel_size=1)
+            self.conv3 = ConvBNReLU(c(64), c(192), kernel_size=3, padding=1)
+            self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        else:  # 32x32 images have no resolution to spare: no striding, no pooling in the stem.
+            self.conv1 = ConvBNReLU(in_channels, c(192), kernel_size=3, padding=1)
+            self.maxpool1 = self.conv2 = self.conv3 = self.maxpool2 = nn.Identity()
+
+        channels = c(192)
+        for name, *widths in INCEPTION_TABLE:
+            module = Inception(channels, *map(c, widths), five_by_five=five_by_five)
+            setattr(self, name, module)
+            channels = module.out_channels
+        self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.maxpool4 = nn.MaxPool2d(2, stride=2, ceil_mode=True)
+
+        if aux_logits:
+            aux = dict(num_classes=num_classes, conv_channels=c(128), hidden=c(1024),
+                       dropout=dropout_aux)
+            self.aux1 = InceptionAux(self.inception4a.out_channels, **aux)
+            self.aux2 = InceptionAux(self.inception4d.out_channels, **aux)
+        else:
+            self.aux1 = self.aux2 = None
+
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = nn.Linear(channels, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"GoogLeNet expects a batch of shape (N, {self.in_channels}, H, W); "
+                f"got a tensor of shape {tuple(x.shape)}")
+        if self.stem == "imagenet" and min(x.shape[-2:]) < 64:
+            warnings.warn(
+                f"{x.shape[-2]}x{x.shape[-1]} input is too small for the imagenet stem, which "
+                "downsamples 8x before the first Inception module and 32x by stage 5: the "
+                "feature maps collapse (32x32 input leaves 4x4 in stage 3, 2x2 in stage 4 and "
+                "1x1 in stage 5). Use stem='cifar' (build_model('googlenet_cifar')) instead.",
+                UserWarning, stacklevel=3)
+
+    def forward(self, x: Tensor) -> Tensor | GoogLeNetOutputs:
+        self._check_input(x)
+        x = self.maxpool2(self.conv3(self.conv2(self.maxpool1(self.conv1(x)))))
+        x = self.maxpool3(self.inception3b(self.inception3a(x)))
+        x = self.inception4a(x)
+        aux_on = self.aux_logits and self.training
+        aux1 = self.aux1(x) if aux_on else None
+        x = self.inception4d(self.inception4c(self.inception4b(x)))
+        aux2 = self.aux2(x) if aux_on else None
+        x = self.maxpool4(self.inception4e(x))
+        x = self.inception5b(self.inception5a(x))
+        logits = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+        return GoogLeNetOutputs(logits, aux2, aux1) if aux_on else logits
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered configuration: its description and the GoogLeNet arguments it fixes."""
+
+    description: str
+    kwargs: dict
+
+
+MODELS: dict[str, ModelSpec] = {
+    "googlenet": ModelSpec(
+        "The paper's network for 224x224 ImageNet-size input.",
+        dict(stem="imagenet", width=1.0)),
+    "googlenet_cifar": ModelSpec(
+        "Paper channels (Table 1) with the stride-1 CIFAR stem, for 32x32 input.",
+        dict(stem="cifar", width=1.0)),
+    # width 0.25 keeps every layer and branch of the paper but a quarter of the channels:
+    # ~1/16 of the compute and ~0.4M parameters, which a 2-core laptop CPU trains in minutes.
+    "googlenet_cifar_small": ModelSpec(
+        "googlenet_cifar at width 0.25: same topology, about 1/16 of the compute.",
+        dict(stem="cifar", width=0.25)),
+}
+
+
+def build_model(name: str, *, num_classes: int = 10, aux_logits: bool = True,
+                **overrides) -> GoogLeNet:
+    """Build a registered GoogLeNet by name; keyword overrides replace the registry's settings."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    kwargs = {**MODELS[name].kwargs, **overrides}
+    model = GoogLeNet(num_classes=num_classes, aux_logits=aux_logits, **kwargs)
+    model.name = name
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def list_models(num_classes: int = 10) -> list[dict]:
+    """Every registered model with its parameter count, with and without the aux heads."""
+    rows = []
+    for name, spec in MODELS.items():
+        with torch.device("meta"):  # count shapes without allocating or initialising weights
+            deployed = build_model(name, num_classes=num_classes, aux_logits=False)
+            training = build_model(name, num_classes=num_classes, aux_logits=True)
+        rows.append(dict(name=name, description=spec.description,
+                         params=count_parameters(deployed),
+                         params_with_aux=count_parameters(training)))
+    return rows

@@ -1,0 +1,184 @@
+"""inception.model against independent references: torchvision's googlenet and published counts."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from inception.model import (
+    GoogLeNet,
+    GoogLeNetOutputs,
+    Inception,
+    build_model,
+    count_parameters,
+    list_models,
+)
+
+
+def _stage_sizes(model: GoogLeNet, side: int) -> dict[str, int]:
+    """Spatial side after the stem and after each stage, traced with forward hooks."""
+    sizes: dict[str, int] = {}
+    names = {"maxpool2": "stem", "inception3b": "stage3", "inception4e": "stage4",
+             "inception5b": "stage5"}
+    hooks = [getattr(model, n).register_forward_hook(
+        lambda _m, _i, out, key=key: sizes.__setitem__(key, out.shape[-1]))
+        for n, key in names.items()]
+    model.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model(torch.zeros(1, 3, side, side))
+    for h in hooks:
+        h.remove()
+    return sizes
+
+
+def test_cifar_stem_keeps_32_16_8_through_stages():
+    sizes = _stage_sizes(build_model("googlenet_cifar_small"), 32)
+    assert sizes == {"stem": 32, "stage3": 32, "stage4": 16, "stage5": 8}
+
+
+def test_imagenet_stem_matches_paper_table_at_224():
+    # Table 1: 28x28 at inception3, 14x14 at inception4, 7x7 at inception5.
+    sizes = _stage_sizes(build_model("googlenet", width=0.25), 224)
+    assert sizes == {"stem": 28, "stage3": 28, "stage4": 14, "stage5": 7}
+
+
+def test_imagenet_stem_collapses_32x32_input_to_2x2():
+    sizes = _stage_sizes(build_model("googlenet", width=0.25), 32)
+    assert sizes == {"stem": 4, "stage3": 4, "stage4": 2, "stage5": 1}
+
+
+def test_torchvision_published_parameter_count():
+    # torchvision documents 6,624,904 parameters for GoogLeNet (1000 classes, no aux heads).
+    model = build_model("googlenet", num_classes=1000, aux_logits=False, five_by_five=False)
+    assert count_parameters(model) == 6_624_904
+
+
+def test_registered_parameter_counts():
+    counts = {row["name"]: (row["params"], row["params_with_aux"]) for row in list_models()}
+    # Hand arithmetic for the paper's 5x5 branches: each 3x3 -> 5x5 swap adds 16*red*out
+    # weights, 2,174,192 over the nine modules at width 1 on top of torchvision's 6,624,904
+    # (which with 10 classes instead of 1000 loses 990*1025 in the classifier).
+    assert counts["googlenet"][0] == 6_624_904 - 990 * 1025 + 16 * sum(
+        red * out for red, out in [(16, 32), (32, 96), (16, 48), (24, 64), (24, 64), (32, 64),
+                                   (32, 128), (32, 128), (48, 128)])
+    assert counts == {
+        "googlenet": (5_991_082, 10_341_566),
+        "googlenet_cifar": (5_871_914, 10_222_398),
+        "googlenet_cifar_small": (381_882, 658_254),
+    }
+    for name, (deployed, _) in counts.items():
+        built = count_parameters(build_model(name, aux_logits=False))
+        assert built == deployed, name
+
+
+def test_state_dict_matches_torchvision_keys_and_shapes():
+    ours = build_model("googlenet", num_classes=1000, five_by_five=False)
+    theirs = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+    ours_shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    theirs_shapes = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    assert ours_shapes == theirs_shapes
+
+
+def test_torchvision_weights_load_and_give_identical_outputs():
+    torch.manual_seed(0)
+    theirs = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+    ours = build_model("googlenet", num_classes=1000, five_by_five=False)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 3, 224, 224)
+
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=0)
+
+    # Train mode: same aux outputs too (dropout off so the comparison is deterministic).
+    ours.train(), theirs.train()
+    for m in (*ours.modules(), *theirs.modules()):
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    with torch.no_grad():
+        a, b = ours(x), theirs(x)
+    for field in ("logits", "aux_logits2", "aux_logits1"):
+        torch.testing.assert_close(getattr(a, field), getattr(b, field), atol=1e-5, rtol=0)
+
+
+def test_default_follows_paper_with_5x5_kernels():
+    module = build_model("googlenet").inception3a
+    assert module.branch3[1].conv.kernel_size == (5, 5)
+    assert build_model("googlenet", five_by_five=False).inception3a.branch3[1].conv.kernel_size \
+        == (3, 3)
+
+
+def test_inception_module_concatenates_four_branches():
+    module = Inception(192, 64, 96, 128, 16, 32, 32)
+    out = module(torch.randn(2, 192, 28, 28))
+    assert out.shape == (2, 256, 28, 28) and module.out_channels == 256
+
+
+def test_aux_heads_only_in_training_mode():
+    model = build_model("googlenet_cifar_small")
+    x = torch.randn(2, 3, 32, 32)
+    model.train()
+    out = model(x)
+    assert isinstance(out, GoogLeNetOutputs)
+    assert [t.shape for t in out] == [(2, 10)] * 3
+    model.eval()
+    assert isinstance(model(x), torch.Tensor) and model(x).shape == (2, 10)
+    no_aux = build_model("googlenet_cifar_small", aux_logits=False).train()
+    assert isinstance(no_aux(x), torch.Tensor)
+    assert no_aux.aux1 is None and no_aux.aux2 is None
+
+
+def test_gradient_reaches_every_parameter_with_aux_losses():
+    torch.manual_seed(0)
+    model = build_model("googlenet_cifar_small").train()
+    y = torch.randint(0, 10, (4,))
+    out = model(torch.randn(4, 3, 32, 32))
+    loss = F.cross_entropy(out.logits, y) + 0.3 * (
+        F.cross_entropy(out.aux_logits1, y) + F.cross_entropy(out.aux_logits2, y))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (2, 1, 32, 32), (2, 4, 32, 32), (2, 3, 32)])
+def test_bad_input_shape_names_expected_and_received(shape):
+    model = build_model("googlenet_cifar_small").eval()
+    with pytest.raises(ValueError) as err:
+        model(torch.zeros(shape))
+    assert "(N, 3, H, W)" in str(err.value) and str(tuple(shape)) in str(err.value)
+
+
+def test_in_channels_is_respected():
+    model = build_model("googlenet_cifar_small", in_channels=1).eval()
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_imagenet_stem_warns_on_small_images_and_not_on_large():
+    model = build_model("googlenet", width=0.25).eval()
+    with pytest.warns(UserWarning, match="collapse.*2x2.*stem='cifar'"):
+        model(torch.zeros(1, 3, 32, 32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(torch.zeros(1, 3, 96, 96))
+        build_model("googlenet_cifar_small").eval()(torch.zeros(1, 3, 32, 32))
+
+
+def test_seeded_construction_is_deterministic():
+    torch.manual_seed(123)
+    a = build_model("googlenet_cifar_small").state_dict()
+    torch.manual_seed(123)
+    b = build_model("googlenet_cifar_small").state_dict()
+    torch.manual_seed(124)
+    c = build_model("googlenet_cifar_small").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["conv1.conv.weight"], c["conv1.conv.weight"])
+
+
+def test_unknown_names_and_arguments_are_rejected():
+    with pytest.raises(ValueError, match="unknown model 'googlenet_tiny'"):
+        build_model("googlenet_tiny")
+    with pytest.raises(ValueError, match="stem must be one of"):
+        build_model("googlenet", stem="resnet")
