@@ -11,8 +11,16 @@ from inception.model import (
     count_parameters,
     list_models,
 )
+from inception.runtime import (
+    choose_precision,
+    default_device,
+    describe_runtime,
+    quick_mode,
+    seed_everything,
+)
 
 __all__ = [
     "MODELS", "ConvBNReLU", "GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux",
     "build_model", "count_parameters", "list_models",
+    "choose_precision", "default_device", "describe_runtime", "quick_mode", "seed_everything",
 ]
