@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint unit notebooks lab course clean
+.PHONY: install test lint unit notebooks lab course set-repo clean
 
 install: $(STAMP)
 
@@ -40,6 +40,14 @@ course: install
 	  INCEPTION_QUICK=0 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	    --ExecutePreprocessor.timeout=-1 "$$nb" || exit 1; \
 	done
+
+## make set-repo REPO=owner/name: point the Colab badges and setup cells at your fork.
+## The address lives in pyproject.toml ([project.urls] Repository); this rewrites every copy.
+OLD_REPO := $(shell sed -n 's|^Repository = "https://github.com/\(.*\)"|\1|p' pyproject.toml)
+set-repo:
+	@test -n "$(REPO)" || { echo "usage: make set-repo REPO=owner/name"; exit 2; }
+	sed -i 's|$(OLD_REPO)|$(REPO)|g' pyproject.toml README.md notebooks/*.ipynb
+	@echo "now pointing at https://github.com/$(REPO)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,6 +1,7 @@
 """GoogLeNet (Inception v1) from scratch: the package the notebook course imports."""
 
 from inception.model import (
+    INCEPTION_TABLE,
     MODELS,
     ConvBNReLU,
     GoogLeNet,
@@ -20,7 +21,7 @@ from inception.runtime import (
 )
 
 __all__ = [
-    "MODELS", "ConvBNReLU", "GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux",
+    "INCEPTION_TABLE", "MODELS", "ConvBNReLU", "GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux",
     "build_model", "count_parameters", "list_models",
     "choose_precision", "default_device", "describe_runtime", "quick_mode", "seed_everything",
 ]

@@ -99,8 +99,8 @@ class InceptionAux(nn.Module):
         self.dropout = nn.Dropout(p=dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        # The paper uses a 5x5/3 average pool on 14x14 maps; adaptive pooling gives the
-        # same 4x4 grid for any input size (16x16 maps with the CIFAR stem).
+        # The paper uses a 5x5/3 average pool on 14x14 maps to get a 4x4 grid; adaptive pooling
+        # (torchvision's choice) gives a 4x4 grid for any input size, with its own windows.
         x = self.conv(F.adaptive_avg_pool2d(x, (4, 4)))
         x = self.dropout(F.relu(self.fc1(torch.flatten(x, 1)), inplace=True))
         return self.fc2(x)
@@ -137,6 +137,8 @@ class GoogLeNet(nn.Module):
             through stage 4 and 8x8 through stage 5.
         five_by_five: False reproduces torchvision's 3x3 kernel in the "5x5" branch.
 
+    Like torchvision, maxpool4 is 2x2/2 where the paper has 3x3/2; both give 7x7 maps at 224.
+
     Initialisation: convolutions use Kaiming-normal (fan-out, ReLU gain) so activations keep
     their scale through the deep stack at step 0; linear layers N(0, 0.01) with zero bias;
     BatchNorm starts as the identity. All draws come from torch's global RNG, so
@@ -168,7 +170,10 @@ class GoogLeNet(nn.Module):
             self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
         else:  # 32x32 images have no resolution to spare: no striding, no pooling in the stem.
             self.conv1 = ConvBNReLU(in_channels, c(192), kernel_size=3, padding=1)
-            self.maxpool1 = self.conv2 = self.conv3 = self.maxpool2 = nn.Identity()
+            # Identity placeholders keep the forward pass and the attribute names of both stems
+            # the same (one instance each, so a hook on one fires once).
+            self.maxpool1, self.conv2 = nn.Identity(), nn.Identity()
+            self.conv3, self.maxpool2 = nn.Identity(), nn.Identity()
 
         channels = c(192)
         for name, *widths in INCEPTION_TABLE:

@@ -58,8 +58,8 @@ def test_torchvision_published_parameter_count():
 
 def test_registered_parameter_counts():
     counts = {row["name"]: (row["params"], row["params_with_aux"]) for row in list_models()}
-    # Hand arithmetic for the paper's 5x5 branches: each 3x3 -> 5x5 swap adds 16*red*out
-    # weights, 2,174,192 over the nine modules at width 1 on top of torchvision's 6,624,904
+    # Hand arithmetic for the paper's 5x5 branches: each 3x3 -> 5x5 swap adds (25-9)*red*out
+    # weights, 16 * 23,808 = 380,928 over the nine modules, on top of torchvision's 6,624,904
     # (which with 10 classes instead of 1000 loses 990*1025 in the classifier).
     assert counts["googlenet"][0] == 6_624_904 - 990 * 1025 + 16 * sum(
         red * out for red, out in [(16, 32), (32, 96), (16, 48), (24, 64), (24, 64), (32, 64),

@@ -1,0 +1,389 @@
+"""CIFAR-10/100 as uint8 tensors, a seeded train/validation split, and a device-resident loader.
+
+Owns finding, downloading, verifying and decoding the data, and the batch augmentation that feeds
+training. It knows nothing about models or training loops.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets.utils import (
+    check_integrity,
+    download_and_extract_archive,
+    extract_archive,
+)
+
+from inception.runtime import quick_mode
+
+# Published per-channel statistics of the official training sets (RGB, pixel values in [0, 1]).
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+PUBLISHED_STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+                   "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
+
+# torchvision's dataset classes carry the official URL, file names and MD5 checksums.
+_TORCHVISION = {"cifar10": CIFAR10, "cifar100": CIFAR100}
+_LABEL_KEY = {"cifar10": "labels", "cifar100": "fine_labels"}
+_PRETTY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck"]
+
+
+class DatasetError(RuntimeError):
+    """The dataset is missing, corrupt or unreachable; the message says how to fix it."""
+
+
+@dataclass
+class CifarData:
+    """Images as uint8 tensors of shape (N, 3, 32, 32) with int64 labels, for three splits."""
+
+    name: str  # "cifar10" or "cifar100"
+    source: str  # "official", "unofficial copy" or "synthetic"
+    classes: list[str]
+    train_images: Tensor
+    train_labels: Tensor
+    val_images: Tensor
+    val_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+    mean: tuple[float, float, float]  # per channel, measured on this training split
+    std: tuple[float, float, float]
+    seed: int = 0
+    root: str | None = None
+
+    @property
+    def title(self) -> str:
+        """How results from this data should be labelled, e.g. 'CIFAR-10 (unofficial copy)'."""
+        if self.source == "synthetic":
+            return f"synthetic stand-in for {_PRETTY[self.name]} (random images)"
+        return f"{_PRETTY[self.name]} ({self.source})"
+
+    def split(self, split: str) -> tuple[Tensor, Tensor]:
+        """The (images, labels) of 'train', 'val' or 'test'."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        return getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+
+    def describe(self) -> dict:
+        """Plain-data description stored in checkpoints (no tensors of images)."""
+        return dict(name=self.name, source=self.source, title=self.title, root=self.root,
+                    seed=self.seed, classes=list(self.classes), mean=list(self.mean),
+                    std=list(self.std), n_train=len(self.train_labels),
+                    n_val=len(self.val_labels), n_test=len(self.test_labels))
+
+    def __repr__(self) -> str:
+        return (f"CifarData({self.title}: {len(self.train_labels)} train, "
+                f"{len(self.val_labels)} val, {len(self.test_labels)} test)")
+
+
+def default_root() -> Path:
+    """`$INCEPTION_DATA`, else `data/` at the repository root, else `./data` (e.g. in Colab)."""
+    if os.environ.get("INCEPTION_DATA"):
+        return Path(os.environ["INCEPTION_DATA"]).expanduser()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / "data"
+    return Path.cwd() / "data"
+
+
+def load_cifar(name: str = "cifar10", root: str | Path | None = None, *, source: str = "auto",
+               val_size: int = 5000, seed: int = 0, train_limit: int | None = None,
+               eval_limit: int | None = None, download: bool = True) -> CifarData:
+    """Load CIFAR-10 or CIFAR-100 with a seeded train/validation split.
+
+    source="auto" reads the dataset from `root`, downloading and verifying the official archive
+    if it is missing; in quick mode (INCEPTION_QUICK=1) with nothing on disk it uses the synthetic
+    stand-in instead, and says so. source="synthetic" always does. `train_limit` and `eval_limit`
+    keep only the first images of the training and of the validation/test splits.
+    """
+    if name not in _TORCHVISION:
+        raise ValueError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
+    if source not in ("auto", "synthetic"):
+        raise ValueError(f"source must be 'auto' or 'synthetic', got {source!r}")
+    root = Path(root).expanduser() if root is not None else default_root()
+    spec = _TORCHVISION[name]
+    on_disk = (root / spec.base_folder).is_dir() or (root / spec.filename).is_file()
+    if source == "auto" and quick_mode() and not on_disk:
+        print(f"Quick mode and no {_PRETTY[name]} in {root}: using the synthetic stand-in.")
+        source = "synthetic"
+    if source == "synthetic":
+        num_classes = 10 if name == "cifar10" else 100
+        n_train = train_limit or 50_000 - val_size
+        n_val, n_test = min(val_size, eval_limit or val_size), eval_limit or 10_000
+        images, labels = make_synthetic(n_train + n_val + n_test, num_classes, seed=seed)
+        train, val, test = (slice(0, n_train), slice(n_train, n_train + n_val),
+                            slice(n_train + n_val, None))
+        classes = CIFAR10_CLASSES if name == "cifar10" else [f"class_{i}" for i in range(100)]
+        return _assemble(name, "synthetic", classes, images[train], labels[train],
+                         images[val], labels[val], images[test], labels[test], seed, None)
+
+    folder, official = _ensure_on_disk(name, root, download)
+    train_x, train_y = _read_files(folder, [f for f, _ in spec.train_list], _LABEL_KEY[name])
+    test_x, test_y = _read_files(folder, [f for f, _ in spec.test_list], _LABEL_KEY[name])
+    classes = _read_meta(folder, spec.meta["filename"], spec.meta["key"])
+    if not 0 <= val_size < len(train_y):
+        raise ValueError(f"val_size must be in [0, {len(train_y)}), got {val_size}")
+    perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = perm[:val_size].sort().values, perm[val_size:].sort().values
+    train_idx = train_idx[:train_limit]
+    val_idx, test_idx = val_idx[:eval_limit], torch.arange(len(test_y))[:eval_limit]
+    return _assemble(name, "official" if official else "unofficial copy", classes,
+                     train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx],
+                     test_x[test_idx], test_y[test_idx], seed, str(root))
+
+
+def make_synthetic(n: int, num_classes: int = 10, *, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Random CIFAR-shaped uint8 images whose class sets a smooth colour pattern, plus labels.
+
+    For offline smoke runs only: a model can learn it, so quick-mode curves move, but numbers
+    from it say nothing about CIFAR.
+    """
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.rand(num_classes, 3, 4, 4, generator=g)
+    patterns = torch.nn.functional.interpolate(patterns, size=32, mode="bilinear")
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    noise = torch.rand(n, 3, 32, 32, generator=g)
+    images = (0.5 * patterns[labels] + 0.5 * noise) * 255
+    return images.round().to(torch.uint8), labels
+
+
+def _assemble(name, source, classes, train_x, train_y, val_x, val_y, test_x, test_y, seed,
+              root) -> CifarData:
+    mean, std = channel_stats(train_x)
+    return CifarData(name, source, list(classes), train_x, train_y, val_x, val_y, test_x, test_y,
+                     mean, std, seed, root)
+
+
+def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units (float64, chunked)."""
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    for chunk in images.split(4096):
+        x = chunk.to(torch.float64) / 255
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (squares / count - mean.square()).sqrt()
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def _ensure_on_disk(name: str, root: Path, download: bool) -> tuple[Path, bool]:
+    """Return the dataset folder and whether every file matches the official checksums."""
+    spec = _TORCHVISION[name]
+    folder, archive = root / spec.base_folder, root / spec.filename
+    if not folder.is_dir():
+        if archive.is_file():
+            if not check_integrity(str(archive), spec.tgz_md5):
+                raise DatasetError(
+                    f"{archive} does not match the official checksum: it is a partial or corrupt "
+                    f"download. Delete it and run again, or download it anew from {spec.url}.")
+            extract_archive(str(archive), str(root))
+        elif download:
+            _download(name, root)
+        else:
+            raise DatasetError(_missing_message(name, root, "download=False"))
+    files = [*spec.train_list, *spec.test_list, [spec.meta["filename"], spec.meta["md5"]]]
+    missing = [f for f, _ in files if not (folder / f).is_file()]
+    if missing:
+        raise DatasetError(
+            f"{folder} is incomplete: {', '.join(missing)} missing. Delete the folder and run "
+            f"again to re-download, or extract {spec.filename} from {spec.url} into {root}.")
+    differ = [f for f, md5 in files if not check_integrity(str(folder / f), md5)]
+    if differ:
+        warnings.warn(
+            f"{folder} is not the official {_PRETTY[name]} release: {len(differ)} of {len(files)} "
+            "files differ from the official checksums (for example a re-encoded mirror). It "
+            "loads, but label results from it as coming from an unofficial copy.",
+            UserWarning, stacklevel=3)
+    return folder, not differ
+
+
+def _download(name: str, root: Path) -> None:
+    spec = _TORCHVISION[name]
+    try:
+        download_and_extract_archive(spec.url, str(root), filename=spec.filename, md5=spec.tgz_md5)
+    except OSError as err:  # no network, DNS failure, refused connection (URLError is one)
+        (root / spec.filename).unlink(missing_ok=True)  # never leave a partial archive behind
+        raise DatasetError(_missing_message(name, root, f"download failed: {err}")) from None
+    except RuntimeError as err:  # torchvision: "File not found or corrupted."
+        raise DatasetError(f"The downloaded {spec.filename} failed its checksum ({err}). "
+                           f"Delete {root / spec.filename} and run again.") from None
+
+
+def _missing_message(name: str, root: Path, reason: str) -> str:
+    spec = _TORCHVISION[name]
+    return (f"{_PRETTY[name]} is not in {root / spec.base_folder} and could not be fetched "
+            f"({reason}). Download {spec.url} by hand and put {spec.filename} in {root} (it is "
+            f"verified and extracted on first use), or set INCEPTION_DATA to a folder that holds "
+            f"{spec.base_folder}/.")
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, ImportError, MemoryError) as err:
+        raise DatasetError(
+            f"{path} is truncated or corrupt ({type(err).__name__}: {err}). Delete "
+            f"{path.parent} and run again to re-download it.") from None
+
+
+def _read_files(folder: Path, files: list[str], label_key: str) -> tuple[Tensor, Tensor]:
+    images, labels = [], []
+    for name in files:
+        entry = _unpickle(folder / name)
+        try:
+            data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            label = np.asarray(entry[label_key], dtype=np.int64)
+        except (KeyError, ValueError, TypeError) as err:
+            raise DatasetError(
+                f"{folder / name} does not hold CIFAR images ({type(err).__name__}: {err}). "
+                f"Delete {folder} and run again to re-download it.") from None
+        if len(data) != len(label):
+            raise DatasetError(f"{folder / name} has {len(data)} images but {len(label)} labels. "
+                               f"Delete {folder} and run again to re-download it.")
+        images.append(torch.from_numpy(data))
+        labels.append(torch.from_numpy(label))
+    return torch.cat(images), torch.cat(labels)
+
+
+def _read_meta(folder: Path, filename: str, key: str) -> list[str]:
+    meta = _unpickle(folder / filename)
+    if key not in meta:
+        raise DatasetError(f"{folder / filename} has no {key!r}. Delete {folder} and run again.")
+    return list(meta[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation and batch augmentation: whole-batch tensor ops, no per-image Python.
+
+
+def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """uint8 images (N, 3, H, W) to float32, standardised per channel."""
+    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255
+    return (images.float() - m) / s
+
+
+def denormalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """Undo `normalize`, back to floats in [0, 1] for display."""
+    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float() * s + m).clamp(0, 1)
+
+
+def _reflect(index: Tensor, size: int) -> Tensor:
+    """Map out-of-range indices back inside by mirroring at the edges (like reflect padding)."""
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
+def random_crop_flip(images: Tensor, padding: int = 4, flip: bool = True,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """Per-sample random crop (from a reflect-padded image) and horizontal flip, in one gather.
+
+    Each image gets its own shift in [-padding, padding] on both axes and its own coin flip.
+    Nothing is padded in memory: the crop is a gather with mirrored indices.
+    """
+    b, c, h, w = images.shape
+    dev = images.device
+    dy = torch.randint(-padding, padding + 1, (b, 1), device=dev, generator=generator)
+    dx = torch.randint(-padding, padding + 1, (b, 1), device=dev, generator=generator)
+    rows = torch.arange(h, device=dev) + dy
+    cols = torch.arange(w, device=dev) + dx
+    if flip:
+        flipped = torch.rand(b, 1, device=dev, generator=generator) < 0.5
+        cols = torch.where(flipped, cols.flip(1), cols)
+    rows, cols = _reflect(rows, h), _reflect(cols, w)
+    batch = torch.arange(b, device=dev).view(b, 1, 1, 1)
+    chan = torch.arange(c, device=dev).view(1, c, 1, 1)
+    return images[batch, chan, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+def cutout(images: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
+    """Zero a size x size square at a random centre of each image (clipped at the borders).
+
+    Applied after normalisation, so zero means "the mean colour" (DeVries & Taylor, 2017).
+    """
+    b, _, h, w = images.shape
+    dev = images.device
+    cy = torch.randint(0, h, (b, 1, 1), device=dev, generator=generator)
+    cx = torch.randint(0, w, (b, 1, 1), device=dev, generator=generator)
+    ys = torch.arange(h, device=dev).view(1, h, 1)
+    xs = torch.arange(w, device=dev).view(1, 1, w)
+    top, left = cy - size // 2, cx - size // 2
+    hole = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+    return images * (~hole).unsqueeze(1).to(images.dtype)
+
+
+class DeviceLoader:
+    """Batches drawn from uint8 images that live on the training device.
+
+    The whole split is copied to `device` once (CIFAR-10's 50,000 images are 150 MB as uint8).
+    Each epoch reshuffles with the loader's own generator; training batches are cropped,
+    flipped and optionally cut out per sample with batch-wide tensor ops, normalised, and
+    handed over channels_last. No worker processes, PIL or per-image Python, so Colab's two
+    vCPUs never starve its GPU, and no host sync happens inside the loop.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, *, batch_size: int,
+                 mean: tuple[float, ...], std: tuple[float, ...],
+                 device: torch.device | str = "cpu", train: bool = False, crop_padding: int = 4,
+                 flip: bool = True, cutout_size: int = 0, channels_last: bool = True,
+                 drop_last: bool | None = None, seed: int = 0) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"DeviceLoader wants uint8 images (N, C, H, W), got "
+                             f"{images.dtype} {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.device = torch.device(device)
+        self.images, self.labels = images.to(self.device), labels.to(self.device)
+        self.batch_size, self.train = batch_size, train
+        self.crop_padding, self.flip, self.cutout_size = crop_padding, flip, cutout_size
+        self.channels_last = channels_last
+        self.drop_last = train if drop_last is None else drop_last
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        order = (torch.randperm(n, device=self.device, generator=self.generator) if self.train
+                 else torch.arange(n, device=self.device))
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            images = self.images[idx]
+            yield (self.augment(images) if self.train else self.prepare(images)), self.labels[idx]
+
+    def prepare(self, images: Tensor) -> Tensor:
+        """Normalise uint8 images and set the memory format the model runs fastest in."""
+        x = normalize(images, self.mean, self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def augment(self, images: Tensor) -> Tensor:
+        """The training transform: crop and flip, normalise, then cutout if enabled."""
+        if self.crop_padding or self.flip:
+            images = random_crop_flip(images, self.crop_padding, self.flip, self.generator)
+        x = self.prepare(images)
+        return cutout(x, self.cutout_size, self.generator) if self.cutout_size else x
+
+    def state_dict(self) -> dict:
+        """The shuffling/augmentation RNG state, so a resumed run draws the same batches."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

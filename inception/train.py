@@ -1,0 +1,469 @@
+"""Training: the `TrainConfig` presets, the learning-rate schedule, `fit`, and checkpoints.
+
+Owns the optimisation loop and everything needed to stop and resume it exactly. It does not
+plot (no matplotlib here) and does not compute evaluation reports (see `inception.evaluate`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from inception.data import CifarData, DeviceLoader
+from inception.model import GoogLeNet, build_model, count_parameters
+from inception.runtime import (
+    autocast_dtype,
+    choose_precision,
+    default_device,
+    seed_everything,
+)
+
+CHECKPOINT_FORMAT = "inception-checkpoint-v1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run. Frozen: a run's config never changes under it."""
+
+    model: str = "googlenet_cifar_small"
+    width: float | None = None  # override the registry's width multiplier (None: keep it)
+    epochs: int = 30  # upper bound; a budget or max_steps may end the run sooner
+    budget_min: float | None = None  # wall-clock minutes of training; the schedule spans them
+    max_steps: int | None = None  # hard cap on optimizer steps (smoke tests)
+    batch_size: int = 128
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw"
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # applied to conv/linear weights only, never BN or biases
+    schedule: str = "onecycle"  # "onecycle" (linear up, linear down) or "cosine"
+    warmup: float = 0.15  # fraction of the run spent warming up
+    label_smoothing: float = 0.1
+    aux_weight: float = 0.3  # the paper's weight on each auxiliary classifier's loss
+    precision: str = "auto"  # "auto", "bf16", "fp16" or "fp32"; see runtime.choose_precision
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model (measure first: it lost on a 2-core CPU)
+    ema_decay: float | None = None  # keep an exponential moving average of the weights
+    crop_padding: int = 4
+    flip: bool = True
+    cutout: int = 0  # side of the cutout square in pixels; 0 disables it
+    train_limit: int | None = None  # train on the first N training images only
+    eval_limit: int | None = None  # validate/test on the first N images only
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        choices = dict(optimizer=("sgd", "adamw"), schedule=("onecycle", "cosine"),
+                       precision=("auto", "bf16", "fp16", "fp32"))
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        if self.budget_min is not None and self.budget_min <= 0:
+            raise ValueError(f"budget_min must be positive, got {self.budget_min}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup is a fraction of the run in [0, 1), got {self.warmup}")
+
+    def build_model(self, num_classes: int) -> GoogLeNet:
+        """The model this config trains, freshly initialised."""
+        overrides = {} if self.width is None else {"width": self.width}
+        return build_model(self.model, num_classes=num_classes, **overrides)
+
+
+# Each preset's non-default fields carry their reason.
+PRESETS: dict[str, TrainConfig] = {
+    # Seconds long: proves the whole pipeline runs (CI, notebooks in quick mode). Not for accuracy.
+    "quick": TrainConfig(
+        model="googlenet_cifar_small",
+        epochs=2, batch_size=32,  # small batches: a few dozen steps still move the weights
+        lr=0.05, warmup=0.2,
+        train_limit=640, eval_limit=500,  # a subset keeps train + evaluate under 30 s on a CPU
+    ),
+    # The best a 2-core laptop CPU reaches in 15 minutes of training.
+    "cpu": TrainConfig(
+        model="googlenet_cifar_small",
+        epochs=30,  # an upper bound: the 15-minute budget ends the run first
+        budget_min=15.0,  # the schedule is laid over the budget, so it ends at a low LR
+        batch_size=128, lr=0.1,
+        label_smoothing=0.1,
+    ),
+    # The full recipe for googlenet_cifar on one GPU (Colab T4: fp16 + grad scaler; A100: bf16).
+    "gpu": TrainConfig(
+        model="googlenet_cifar",
+        epochs=60,  # one-cycle + cutout reaches ~95% in 70 epochs for this model (see README)
+        batch_size=256, lr=0.2,  # linear LR scaling from 0.1 at batch 128
+        weight_decay=5e-4, label_smoothing=0.1,
+        cutout=8,  # DeVries & Taylor: +0.5-1% on CIFAR-10 for long runs
+        ema_decay=0.999,
+    ),
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    """A preset by name; "auto" is "gpu" when CUDA is available, otherwise "cpu"."""
+    if name == "auto":
+        name = "gpu" if torch.cuda.is_available() else "cpu"
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose auto, {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def lr_at(progress: float, config: TrainConfig) -> float:
+    """The learning rate at `progress` in [0, 1] through the run (by steps or by budget)."""
+    p = min(max(progress, 0.0), 1.0)
+    if config.warmup and p < config.warmup:
+        start = 0.05 if config.schedule == "onecycle" else 0.0
+        return config.lr * (start + (1 - start) * p / config.warmup)
+    rest = (p - config.warmup) / (1 - config.warmup)
+    if config.schedule == "onecycle":
+        return config.lr * (1 - rest)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * rest))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of the loop.
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum or AdamW; weight decay skips BatchNorm and bias parameters.
+
+    Decaying BN scales and biases only fights the normalisation (they set scale, not capacity).
+    """
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [dict(params=decay, weight_decay=config.weight_decay),
+              dict(params=no_decay, weight_decay=0.0)]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def loss_fn(outputs: Tensor | tuple, labels: Tensor, config: TrainConfig) -> tuple[Tensor, Tensor]:
+    """Main-head cross-entropy plus `aux_weight` times each aux head's; also returns the logits."""
+    def ce(logits: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+
+    if isinstance(outputs, Tensor):
+        return ce(outputs), outputs
+    logits, aux2, aux1 = outputs
+    return ce(logits) + config.aux_weight * (ce(aux1) + ce(aux2)), logits
+
+
+class ModelEMA:
+    """Exponential moving average of a model's weights (BatchNorm statistics are copied).
+
+    Averaging the last few thousand steps smooths out SGD noise; the decay warms up so the
+    average does not remember the random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ema_params = list(self.module.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - d)
+        for ema_b, b in zip(self.module.buffers(), model.buffers(), strict=True):
+            ema_b.copy_(b)
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, loader: DeviceLoader, dtype: torch.dtype | None) -> tuple:
+    """Mean loss and accuracy over a loader, with a single host sync at the end."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, device=loader.device)
+    for x, y in loader:
+        with torch.autocast(loader.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x).float()
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
+                             (logits.argmax(1) == y).sum(), torch.tensor(len(y), device=y.device)])
+    model.train(was_training)
+    loss_sum, correct, n = sums.tolist()
+    return loss_sum / max(n, 1), correct / max(n, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> Path:
+    """Write a checkpoint atomically: a temp file in the same folder, then an atomic rename.
+
+    A crash mid-write leaves the previous checkpoint intact instead of a truncated file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location=None) -> dict:
+    """Load a checkpoint dict with `weights_only=True` and check it is one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: train one first "
+                                "(python -m inception train) or check the path")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated file, foreign pickle, objects weights_only refuses
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0]}). It may be truncated or not from "
+                         "this package; only load checkpoints you trust.") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an inception checkpoint "
+                         f"(expected format {CHECKPOINT_FORMAT!r})")
+    return payload
+
+
+def _describe_arch(name: str, arch: dict) -> str:
+    return f"{name} (width {arch['width']}, {arch['num_classes']} classes, stem {arch['stem']})"
+
+
+def check_compatible(model: nn.Module, payload: dict) -> None:
+    """Raise a clear ValueError when a checkpoint was made for a different network."""
+    arch = getattr(model, "arch", None)
+    if arch != payload["arch"]:
+        have = _describe_arch(getattr(model, "name", "?"), arch) if arch else type(model).__name__
+        want = _describe_arch(payload["model_name"], payload["arch"])
+        raise ValueError(f"checkpoint is for {want} but the model is {have}; build the model "
+                         "the checkpoint names, or "
+                         "use inception.load_checkpoint(path), which does that for you")
+
+
+def load_checkpoint(path: str | Path, map_location=None) -> tuple[GoogLeNet, dict]:
+    """Rebuild the model a checkpoint was trained as, in eval mode, plus its metadata.
+
+    The weights are the ones that were validated: the EMA average when the run kept one.
+    Metadata holds config, history (a DataFrame), data, epoch, step and train_seconds.
+    """
+    payload = read_checkpoint(path, map_location)
+    model = GoogLeNet(**payload["arch"])
+    model.name = payload["model_name"]
+    model.load_state_dict(payload["ema"] if payload["ema"] is not None else payload["model"])
+    meta = {k: payload[k] for k in ("config", "data", "epoch", "step", "train_seconds",
+                                    "precision", "device")}
+    meta["history"] = pd.DataFrame(payload["history"])
+    return model.eval(), meta
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclass
+class TrainResult:
+    """What `fit` hands back: the trained model, its history and where it was saved."""
+
+    model: nn.Module  # the weights to evaluate (the EMA average when enabled)
+    history: pd.DataFrame
+    checkpoint: Path | None
+    device: torch.device
+    precision: str
+    train_seconds: float
+    stopped_by: str  # "epochs", "budget" or "max_steps"
+
+
+def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
+        device: torch.device | str | None = None, out_dir: str | Path | None = None,
+        resume: str | Path | None = None, progress: bool = True) -> TrainResult:
+    """Train `model` on `data` as `config` says; checkpoint every epoch into `out_dir`.
+
+    With `resume` (a checkpoint path) the run continues exactly where it stopped: weights,
+    optimizer, EMA, RNG streams and history are restored, so on the CPU an interrupted and
+    resumed run ends with the same weights as an uninterrupted one (budget-limited runs depend
+    on wall time and are not bit-reproducible).
+    """
+    device = torch.device(device) if device is not None else default_device()
+    precision = choose_precision(device, config.precision)
+    dtype = autocast_dtype(precision)
+    seed_everything(config.seed)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
+
+    def subset(split: str, limit: int | None) -> tuple[Tensor, Tensor]:
+        images, labels = data.split(split)
+        return images[:limit], labels[:limit]
+
+    common = dict(batch_size=config.batch_size, mean=data.mean, std=data.std, device=device,
+                  channels_last=config.channels_last)
+    train_loader = DeviceLoader(*subset("train", config.train_limit), train=True,
+                                crop_padding=config.crop_padding, flip=config.flip,
+                                cutout_size=config.cutout, seed=config.seed, **common)
+    val_images, val_labels = subset("val", config.eval_limit)
+    val_loader = (DeviceLoader(val_images, val_labels, **{**common, "batch_size": 500})
+                  if len(val_labels) else None)
+    if len(train_loader) == 0:
+        raise ValueError(f"{len(train_loader.labels)} training images give no full batch of "
+                         f"{config.batch_size}; lower batch_size or raise train_limit")
+
+    optimizer = make_optimizer(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    ema = ModelEMA(model, config.ema_decay) if config.ema_decay else None
+    history: list[dict] = []
+    epoch = step = 0
+    train_seconds = 0.0
+
+    if resume is not None:
+        payload = read_checkpoint(resume, map_location=device)
+        check_compatible(model, payload)
+        _check_same_run(payload["config"], config)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scaler.load_state_dict(payload["scaler"])
+        if ema is not None and payload["ema"] is not None:
+            ema.module.load_state_dict(payload["ema"])
+            ema.updates = payload["ema_updates"]
+        train_loader.load_state_dict(payload["loader"])
+        _set_rng_state(payload["rng"])
+        history, epoch, step = payload["history"], payload["epoch"], payload["step"]
+        train_seconds = payload["train_seconds"]
+
+    forward = torch.compile(model) if config.compile else model
+    total_steps = config.epochs * len(train_loader)
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    budget_s = config.budget_min * 60 if config.budget_min else None
+    checkpoint_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
+    stopped_by = "epochs"
+
+    if progress:
+        print(f"{data.title} | {len(train_loader.labels):,} train / {len(val_labels):,} val | "
+              f"{config.model} ({count_parameters(model):,} params with aux heads) | "
+              f"device {device} | precision {precision} | "
+              f"channels_last {config.channels_last} | compile {config.compile}")
+        print(_table_row(None))
+
+    def out_of_time(seconds: float) -> bool:
+        return budget_s is not None and seconds >= budget_s
+
+    while epoch < config.epochs and step < total_steps and not out_of_time(train_seconds):
+        model.train()
+        sums = torch.zeros(3, device=device)  # loss * n, correct, n: summed on the device
+        epoch_start_step, t0 = step, time.perf_counter()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
+                   file=sys.stdout, mininterval=2.0, dynamic_ncols=True)
+        for x, y in bar:
+            elapsed = train_seconds + time.perf_counter() - t0
+            fraction = step / total_steps
+            if budget_s is not None:
+                fraction = max(fraction, elapsed / budget_s)
+            lr = lr_at(fraction, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss, logits = loss_fn(forward(x), y, config)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                ema.update(model)
+            with torch.no_grad():
+                sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
+                                     torch.tensor(len(y), device=device)])
+            step += 1
+            if progress and step % 50 == 0:  # an occasional sync for the bar, not every step
+                loss_sum, correct, n = sums.tolist()
+                rate = (step - epoch_start_step) * config.batch_size / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}",
+                                img_s=f"{rate:.0f}")
+            if step >= total_steps:
+                stopped_by = "max_steps" if config.max_steps == step else "epochs"
+                break
+            if out_of_time(train_seconds + time.perf_counter() - t0):
+                stopped_by = "budget"
+                break
+        bar.close()
+        loss_sum, correct, n = sums.tolist()  # the epoch's one host sync
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+        epoch += 1
+        eval_model = ema.module if ema is not None else model
+        val_loss, val_acc = (_validate(eval_model, val_loader, dtype) if val_loader
+                             else (float("nan"), float("nan")))
+        history.append(dict(epoch=epoch, train_loss=loss_sum / n, train_acc=correct / n,
+                            val_loss=val_loss, val_acc=val_acc, lr=lr, seconds=seconds,
+                            img_per_s=n / seconds))
+        if progress:
+            tqdm.write(_table_row(history[-1]), file=sys.stdout)
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, dict(
+                format=CHECKPOINT_FORMAT, model_name=getattr(model, "name", config.model),
+                arch=model.arch, model=model.state_dict(),
+                ema=ema.module.state_dict() if ema is not None else None,
+                ema_updates=ema.updates if ema is not None else 0,
+                optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                loader=train_loader.state_dict(), rng=_rng_state(), config=asdict(config),
+                history=history,
+                data=data.describe(), epoch=epoch, step=step, train_seconds=train_seconds,
+                precision=precision, device=str(device)))
+        if stopped_by != "epochs":
+            break
+
+    if progress:
+        print(f"stopped by {stopped_by} after {epoch} epochs, {step} steps, "
+              f"{train_seconds:.0f} s of training")
+    return TrainResult(ema.module if ema is not None else model, pd.DataFrame(history),
+                       checkpoint_path, device, precision, train_seconds, stopped_by)
+
+
+_COLUMNS = [("epoch", "{:>5d}"), ("train_loss", "{:>10.4f}"), ("train_acc", "{:>9.2%}"),
+            ("val_loss", "{:>8.4f}"), ("val_acc", "{:>8.2%}"), ("lr", "{:>8.4f}"),
+            ("seconds", "{:>7.1f}"), ("img_per_s", "{:>9.0f}")]
+
+
+def _table_row(row: dict | None) -> str:
+    """A fixed-width line of the per-epoch log (the header when `row` is None)."""
+    if row is None:
+        widths = [len(fmt.format(1 if name == "epoch" else 0.0)) for name, fmt in _COLUMNS]
+        return "  ".join(f"{name:>{w}}" for (name, _), w in zip(_COLUMNS, widths, strict=True))
+    return "  ".join(fmt.format(row[name]) for name, fmt in _COLUMNS)
+
+
+# Fields that may change between an interrupted run and its resumption (extending a run).
+_RESUMABLE_CHANGES = {"epochs", "budget_min", "max_steps"}
+
+
+def _check_same_run(saved: dict, config: TrainConfig) -> None:
+    now = asdict(config)
+    differ = [f.name for f in fields(TrainConfig)
+              if f.name not in _RESUMABLE_CHANGES and saved.get(f.name) != now[f.name]]
+    if differ:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in differ)
+        raise ValueError(f"cannot resume: the config differs from the checkpoint's ({detail}). "
+                         "Resume with the same config, or start a new run")
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    """Rebuild a TrainConfig saved with `asdict` (ignores fields this version does not know)."""
+    known = {f.name for f in fields(TrainConfig)}
+    return replace(TrainConfig(), **{k: v for k, v in values.items() if k in known})

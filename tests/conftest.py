@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny CIFAR-10 in the official python layout, and the real one if present."""
+
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inception.data import default_root, load_cifar
+
+BATCH_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+               "test_batch"]
+
+
+def write_tiny_cifar10(root: Path, per_file: int = 20, seed: int = 0) -> Path:
+    """Write cifar-10-batches-py/ with `per_file` random images per batch file."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name in BATCH_FILES:
+        entry = {"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
+                 "labels": [int(v) for v in rng.integers(0, 10, per_file)],
+                 "batch_label": name, "filenames": [f"{i}.png" for i in range(per_file)]}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                            "horse", "ship", "truck"], "num_cases_per_batch": per_file}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+    return folder
+
+
+@pytest.fixture
+def tiny_root(tmp_path: Path) -> Path:
+    write_tiny_cifar10(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def real_cifar10():
+    """The CIFAR-10 on disk (official or an unofficial copy), or a skip saying why not."""
+    root = default_root()
+    if not (root / "cifar-10-batches-py").is_dir():
+        pytest.skip(f"needs CIFAR-10 in {root}/cifar-10-batches-py (downloaded on first use "
+                    "with network; offline: python ../shared/data/make_cifar10.py data/)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the unofficial-copy warning is tested elsewhere
+        return load_cifar(root=root, download=False)

@@ -1,0 +1,222 @@
+"""inception.data: finding and verifying CIFAR, the split, and the device-resident loader."""
+
+import hashlib
+import socket
+import tarfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import write_tiny_cifar10
+
+from inception import data as D
+from inception.data import DatasetError, DeviceLoader, load_cifar
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Make every outgoing connection fail, as on an offline machine."""
+    def refuse(*args, **kwargs):
+        raise OSError("Network is unreachable")
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def _md5(path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_unofficial_copy_loads_with_one_clear_warning(tiny_root):
+    with pytest.warns(UserWarning, match="not the official CIFAR-10 release") as caught:
+        data = load_cifar(root=tiny_root, val_size=10)
+    assert len(caught) == 1
+    assert data.source == "unofficial copy" and data.title == "CIFAR-10 (unofficial copy)"
+    assert data.train_images.shape == (90, 3, 32, 32) and data.train_images.dtype == torch.uint8
+    assert len(data.val_labels) == 10 and len(data.test_labels) == 20
+    assert data.classes[0] == "airplane"
+
+
+def test_files_matching_official_checksums_count_as_official(tiny_root, monkeypatch, recwarn):
+    folder = tiny_root / "cifar-10-batches-py"
+    C = D._TORCHVISION["cifar10"]
+    monkeypatch.setattr(C, "train_list", [[f, _md5(folder / f)] for f, _ in C.train_list])
+    monkeypatch.setattr(C, "test_list", [[f, _md5(folder / f)] for f, _ in C.test_list])
+    monkeypatch.setattr(C, "meta", {**C.meta, "md5": _md5(folder / "batches.meta")})
+    data = load_cifar(root=tiny_root, val_size=10)
+    assert data.source == "official"
+    assert not [w for w in recwarn if "official" in str(w.message)]
+
+
+def test_pixels_and_labels_decode_in_the_official_layout(tmp_path):
+    # One hand-made image: channel-planar R, G, B rows, as the CIFAR docs describe.
+    folder = write_tiny_cifar10(tmp_path, per_file=2)
+    import pickle
+    entry = pickle.loads((folder / "test_batch").read_bytes())
+    entry["data"][0, :1024], entry["data"][0, 1024:2048], entry["data"][0, 2048:] = 10, 20, 30
+    entry["labels"][0] = 7
+    (folder / "test_batch").write_bytes(pickle.dumps(entry))
+    with pytest.warns(UserWarning):
+        data = load_cifar(root=tmp_path, val_size=2)
+    assert data.test_images[0, :, 5, 9].tolist() == [10, 20, 30] and data.test_labels[0] == 7
+
+
+def test_split_is_seeded_and_disjoint(tiny_root):
+    with pytest.warns(UserWarning):
+        a = load_cifar(root=tiny_root, val_size=10, seed=1)
+        b = load_cifar(root=tiny_root, val_size=10, seed=1)
+        c = load_cifar(root=tiny_root, val_size=10, seed=2)
+    assert torch.equal(a.val_images, b.val_images) and not torch.equal(a.val_images, c.val_images)
+    train_rows = {bytes(x.flatten().tolist()) for x in a.train_images}
+    assert not any(bytes(x.flatten().tolist()) in train_rows for x in a.val_images)
+
+
+def test_missing_data_and_no_network_says_where_to_put_the_archive(tmp_path, no_network):
+    with pytest.raises(DatasetError) as err:
+        load_cifar(root=tmp_path)
+    message = str(err.value)
+    assert "cifar-10-python.tar.gz" in message and str(tmp_path) in message
+    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message
+    assert not (tmp_path / "cifar-10-python.tar.gz").exists()
+
+
+def test_quick_mode_without_data_uses_labelled_synthetic_stand_in(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("INCEPTION_QUICK", "1")
+    data = load_cifar(root=tmp_path, train_limit=64, eval_limit=32)
+    assert data.source == "synthetic" and "synthetic" in data.title and "synthetic" in repr(data)
+    assert "synthetic" in capsys.readouterr().out
+    assert data.train_images.shape == (64, 3, 32, 32) and len(data.test_labels) == 32
+
+
+def test_without_quick_mode_missing_data_is_an_error_not_synthetic(tmp_path, monkeypatch,
+                                                                  no_network):
+    monkeypatch.setenv("INCEPTION_QUICK", "0")
+    with pytest.raises(DatasetError):
+        load_cifar(root=tmp_path)
+
+
+def test_corrupt_batch_file_gives_clear_error(tiny_root):
+    path = tiny_root / "cifar-10-batches-py" / "data_batch_3"
+    path.write_bytes(path.read_bytes()[:500])  # truncated, as by an interrupted copy
+    with pytest.warns(UserWarning), pytest.raises(DatasetError, match="data_batch_3.*truncated"):
+        load_cifar(root=tiny_root, val_size=10)
+
+
+def test_incomplete_folder_names_missing_files(tiny_root):
+    (tiny_root / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DatasetError, match="incomplete: test_batch missing"):
+        load_cifar(root=tiny_root)
+
+
+def test_hand_placed_archive_is_verified_then_extracted(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    write_tiny_cifar10(source)
+    root = tmp_path / "root"
+    root.mkdir()
+    archive = root / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(source / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    C = D._TORCHVISION["cifar10"]
+    monkeypatch.setattr(C, "tgz_md5", "0" * 32)
+    with pytest.raises(DatasetError, match="partial or corrupt download"):
+        load_cifar(root=root)
+    monkeypatch.setattr(C, "tgz_md5", _md5(archive))
+    with pytest.warns(UserWarning, match="not the official"):
+        data = load_cifar(root=root, val_size=10)
+    assert len(data.train_labels) == 90
+
+
+def test_channel_stats_match_hand_computation():
+    images = torch.zeros(2, 3, 2, 2, dtype=torch.uint8)
+    images[0, 0] = 255  # red channel: half the pixels 1.0, half 0.0 -> mean 0.5, std 0.5
+    images[:, 1] = 51  # green: all 0.2 -> std 0
+    mean, std = D.channel_stats(images)
+    assert mean == (0.5, 0.2, 0.0) and std == (0.5, 0.0, 0.0)
+
+
+def test_real_cifar10_split_sizes_and_statistics(real_cifar10):
+    data = real_cifar10
+    assert (len(data.train_labels), len(data.val_labels), len(data.test_labels)) == \
+        (45_000, 5_000, 10_000)
+    assert torch.bincount(data.test_labels).tolist() == [1000] * 10
+    # Means agree with the published constants; the JPEG copy's std is slightly lower.
+    for ours, published in zip(data.mean, D.CIFAR10_MEAN, strict=True):
+        assert abs(ours - published) < 0.003
+    for ours, published in zip(data.std, D.CIFAR10_STD, strict=True):
+        assert abs(ours - published) < 0.006
+
+
+# --- augmentation and the loader -------------------------------------------------------------
+
+
+def _all_crops(image: torch.Tensor, padding: int) -> list[torch.Tensor]:
+    """Every crop and flip the augmentation may produce, built independently with F.pad."""
+    padded = F.pad(image[None].float(), [padding] * 4, mode="reflect")[0]
+    size = image.shape[-1]
+    crops = []
+    for dy in range(2 * padding + 1):
+        for dx in range(2 * padding + 1):
+            crop = padded[:, dy:dy + size, dx:dx + size]
+            crops += [crop, crop.flip(-1)]
+    return crops
+
+
+def test_each_sample_gets_its_own_valid_crop_and_flip():
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    batch = image.expand(64, 3, 32, 32).contiguous()
+    out = D.random_crop_flip(batch, padding=4, flip=True,
+                             generator=torch.Generator().manual_seed(0))
+    candidates = torch.stack(_all_crops(image, 4))
+    matches = [int(((candidates - o.float()).abs().flatten(1).amax(1) == 0).nonzero()[0])
+               for o in out]
+    assert len(set(matches)) > 30  # 64 samples, 162 possible outcomes: independent draws
+    assert {m % 2 for m in matches} == {0, 1}  # some flipped, some not
+
+
+def test_cutout_zeroes_one_square_per_image():
+    x = torch.ones(16, 3, 32, 32)
+    out = D.cutout(x, 8, generator=torch.Generator().manual_seed(0))
+    zeros = (out[:, 0] == 0).flatten(1).sum(1)
+    assert zeros.max() == 64 and zeros.min() > 0  # full squares inside, clipped at the edges
+    assert torch.equal(out[:, 0] == 0, out[:, 2] == 0)  # same hole in every channel
+
+
+def test_loader_keeps_labels_aligned_through_shuffle_and_augmentation():
+    labels = torch.arange(100) % 10
+    images = (labels * 25).to(torch.uint8).view(-1, 1, 1, 1).expand(100, 3, 32, 32).contiguous()
+    loader = DeviceLoader(images, labels, batch_size=16, mean=(0.0,) * 3, std=(1.0,) * 3,
+                          train=True, drop_last=False)
+    seen = []
+    for x, y in loader:
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        pixel_value = (x * 255).round().amax(dim=(1, 2, 3))
+        assert torch.equal(pixel_value, (y * 25).float())
+        seen.append(y)
+    assert torch.equal(torch.cat(seen).sort().values, labels.sort().values)
+
+
+def test_loader_reshuffles_every_epoch_and_replays_from_its_state():
+    images = torch.zeros(64, 3, 32, 32, dtype=torch.uint8)
+    labels = torch.arange(64)
+    loader = DeviceLoader(images, labels, batch_size=64, mean=(0.5,) * 3, std=(0.5,) * 3,
+                          train=True)
+    state = loader.state_dict()
+    first = next(iter(loader))[1]
+    second = next(iter(loader))[1]
+    assert not torch.equal(first, second)
+    loader.load_state_dict(state)
+    assert torch.equal(next(iter(loader))[1], first)
+
+
+def test_eval_loader_is_ordered_and_complete():
+    images = torch.zeros(10, 3, 32, 32, dtype=torch.uint8)
+    loader = DeviceLoader(images, torch.arange(10), batch_size=4, mean=(0.5,) * 3,
+                          std=(0.5,) * 3)
+    assert len(loader) == 3
+    assert torch.cat([y for _, y in loader]).tolist() == list(range(10))
+
+
+def test_loader_rejects_float_images():
+    with pytest.raises(ValueError, match="uint8"):
+        DeviceLoader(torch.zeros(4, 3, 32, 32), torch.zeros(4), batch_size=2, mean=(0,) * 3,
+                     std=(1,) * 3)

@@ -1,0 +1,209 @@
+"""inception.train: learning, determinism, exact resume, checkpoints and the schedule."""
+
+import pickle
+from dataclasses import replace
+
+import pytest
+import torch
+
+import inception.train as T
+from inception.data import load_cifar
+from inception.runtime import choose_precision
+from inception.train import TrainConfig, fit, get_preset, load_checkpoint, lr_at
+
+# A run small enough to repeat several times in a test: 4 steps of 16 images per epoch.
+TINY = TrainConfig(epochs=3, batch_size=16, lr=0.05, train_limit=64, eval_limit=32,
+                   width=0.125)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load_cifar(source="synthetic", train_limit=256, eval_limit=64)
+
+
+def _train(data, config, **kwargs):
+    torch.manual_seed(config.seed)
+    model = config.build_model(len(data.classes))
+    return fit(model, data, config, device="cpu", progress=False, **kwargs)
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_overfits_a_small_fixed_batch(synthetic):
+    config = TrainConfig(epochs=40, batch_size=32, train_limit=32, eval_limit=0, lr=0.02,
+                         optimizer="adamw", weight_decay=0.0, label_smoothing=0.0,
+                         crop_padding=0, flip=False, warmup=0.0, schedule="cosine",
+                         aux_weight=0.0, width=0.125)
+    result = _train(synthetic, config)
+    model = result.model.eval()
+    with torch.no_grad():
+        x = synthetic.train_images[:32]
+        from inception.data import normalize
+        preds = model(normalize(x, synthetic.mean, synthetic.std)).argmax(1)
+    assert result.history.train_acc.iloc[-1] >= 0.95
+    assert (preds == synthetic.train_labels[:32]).float().mean() >= 0.95
+
+
+def test_quick_preset_learns_real_cifar10(real_cifar10):
+    config = replace(get_preset("quick"), width=0.125, train_limit=1536, eval_limit=1000,
+                     epochs=2, batch_size=32, lr=0.1)
+    result = _train(real_cifar10, config)
+    # Chance is 10%; under a hundred steps on real images must already be well clear of it.
+    assert result.history.val_acc.iloc[-1] > 0.25, result.history
+
+
+def test_same_seed_gives_identical_weights(synthetic):
+    a, b = _train(synthetic, TINY), _train(synthetic, TINY)
+    assert _same_weights(a.model, b.model)
+    assert a.history.train_loss.tolist() == b.history.train_loss.tolist()
+    c = _train(synthetic, replace(TINY, seed=1))
+    assert not _same_weights(a.model, c.model)
+
+
+def test_resume_matches_uninterrupted_run(synthetic, tmp_path, monkeypatch):
+    config = replace(TINY, ema_decay=0.9)  # EMA state must survive the interruption too
+    straight = _train(synthetic, config, out_dir=tmp_path / "straight")
+
+    real_save = T.save_checkpoint
+
+    def crash_after_epoch_2(path, payload):
+        real_save(path, payload)
+        if payload["epoch"] == 2:
+            raise KeyboardInterrupt  # the user pressed Stop right after epoch 2's checkpoint
+
+    monkeypatch.setattr(T, "save_checkpoint", crash_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        _train(synthetic, config, out_dir=tmp_path / "resumed")
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    resumed = _train(synthetic, config, out_dir=tmp_path / "resumed",
+                     resume=tmp_path / "resumed" / "checkpoint.pt")
+
+    assert _same_weights(straight.model, resumed.model)
+    assert len(resumed.history) == 3
+    assert resumed.history.train_loss.tolist() == straight.history.train_loss.tolist()
+
+
+def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(synthetic, tmp_path):
+    result = _train(synthetic, TINY, out_dir=tmp_path)
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert payload["epoch"] == 3 and payload["data"]["source"] == "synthetic"
+    model, meta = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert not model.training and meta["config"]["width"] == 0.125
+    assert list(meta["history"].columns) == ["epoch", "train_loss", "train_acc", "val_loss",
+                                             "val_acc", "lr", "seconds", "img_per_s"]
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), result.model.eval()(x))
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temp file
+
+
+@pytest.mark.parametrize("change", [dict(width=0.25), dict(num_classes=100)])
+def test_resume_into_a_different_model_is_a_clear_error(synthetic, tmp_path, change):
+    _train(synthetic, replace(TINY, epochs=1), out_dir=tmp_path)
+    other = T.build_model("googlenet_cifar_small", **{"width": 0.125, **change})
+    with pytest.raises(ValueError, match="checkpoint is for googlenet_cifar_small.*but the model"):
+        fit(other, synthetic, TINY, device="cpu", progress=False,
+            resume=tmp_path / "checkpoint.pt")
+
+
+def test_resume_with_a_different_recipe_is_refused(synthetic, tmp_path):
+    _train(synthetic, replace(TINY, epochs=1), out_dir=tmp_path)
+    with pytest.raises(ValueError, match="config differs.*lr"):
+        _train(synthetic, replace(TINY, lr=0.5), resume=tmp_path / "checkpoint.pt")
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = T.save_checkpoint(tmp_path / "checkpoint.pt", {"format": T.CHECKPOINT_FORMAT, "v": 1})
+
+    def broken_save(obj, f):
+        with open(f, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        T.save_checkpoint(path, {"format": T.CHECKPOINT_FORMAT, "v": 2})
+    monkeypatch.undo()
+    assert T.read_checkpoint(path)["v"] == 1
+
+
+def test_unreadable_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04 not a whole file")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "truncated.pt")
+    # An arbitrary pickled object: weights_only=True refuses to execute it.
+    (tmp_path / "foreign.pt").write_bytes(pickle.dumps(TrainConfig(), protocol=2))
+    with pytest.raises(ValueError, match="only load checkpoints you trust"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an inception checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_budget_ends_the_run_at_a_low_learning_rate(synthetic, monkeypatch):
+    class FakeClock:  # every reading advances 50 ms, so the test does not depend on CPU speed
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls) -> float:
+            cls.now += 0.05
+            return cls.now
+
+    monkeypatch.setattr(T, "time", FakeClock)
+    config = replace(TINY, epochs=1000, budget_min=0.05, eval_limit=0)  # a 3-second budget
+    result = _train(synthetic, config)
+    assert result.stopped_by == "budget"
+    assert 3.0 <= result.train_seconds < 3.2
+    assert result.history.lr.iloc[-1] < 0.05 * config.lr  # laid over the budget: ends low
+    assert result.history.lr.iloc[0] > 0.5 * config.lr  # after warming up to the peak
+
+
+def test_max_steps_caps_the_run(synthetic):
+    result = _train(synthetic, replace(TINY, max_steps=5))
+    assert result.stopped_by == "max_steps" and len(result.history) == 2
+
+
+def test_schedules_warm_up_then_decay_to_zero():
+    one = TrainConfig(lr=1.0, warmup=0.2, schedule="onecycle")
+    cos = replace(one, schedule="cosine")
+    assert lr_at(0.0, one) == pytest.approx(0.05) and lr_at(0.0, cos) == 0.0
+    assert lr_at(0.1, one) == pytest.approx(0.525) and lr_at(0.1, cos) == pytest.approx(0.5)
+    assert lr_at(0.2, one) == 1.0 and lr_at(0.2, cos) == 1.0
+    assert lr_at(0.6, one) == pytest.approx(0.5) and lr_at(0.6, cos) == pytest.approx(0.5)
+    assert lr_at(1.0, one) == 0.0 and lr_at(1.0, cos) == pytest.approx(0.0)
+
+
+def test_weight_decay_skips_batchnorm_and_biases():
+    model = T.build_model("googlenet_cifar_small", width=0.125)
+    groups = T.make_optimizer(model, TrainConfig()).param_groups
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == 5e-4 and groups[1]["weight_decay"] == 0.0
+    assert id(model.conv1.conv.weight) in decayed and id(model.fc.weight) in decayed
+    assert id(model.conv1.bn.weight) not in decayed and id(model.fc.bias) not in decayed
+    assert groups[0]["nesterov"] is True
+
+
+def test_precision_choice_per_device():
+    assert choose_precision("cuda", cuda_capability=(7, 5)) == "fp16"  # T4: fp16 + scaler
+    assert choose_precision("cuda", cuda_capability=(8, 0)) == "bf16"  # A100
+    assert choose_precision("cpu", cpu_bf16=True) == "bf16"  # AMX / AVX-512 BF16
+    assert choose_precision("cpu", cpu_bf16=False) == "fp32"  # emulated bf16 is slower
+    assert choose_precision("cpu", "bf16") == "bf16"
+    with pytest.raises(ValueError, match="fp16 autocast is for CUDA"):
+        choose_precision("cpu", "fp16")
+
+
+def test_presets_and_config_validation():
+    assert get_preset("auto") == get_preset("gpu" if torch.cuda.is_available() else "cpu")
+    assert get_preset("cpu").model == "googlenet_cifar_small"
+    assert get_preset("gpu").model == "googlenet_cifar"
+    assert get_preset("cpu").budget_min == 15
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("tpu")
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        TrainConfig(optimizer="lion")
