@@ -340,6 +340,10 @@ def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
         total_steps = min(total_steps, config.max_steps)
     budget_s = config.budget_min * 60 if config.budget_min else None
     checkpoint_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
+    if checkpoint_path is not None and checkpoint_path.exists() and resume is None:
+        kept = _keep_aside(checkpoint_path)  # a fresh run never overwrites earlier training
+        if progress:
+            print(f"kept the earlier checkpoint as {kept}")
     stopped_by = "epochs"
 
     if progress:
@@ -421,6 +425,16 @@ def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
               f"{train_seconds:.0f} s of training")
     return TrainResult(ema.module if ema is not None else model, pd.DataFrame(history),
                        checkpoint_path, device, precision, train_seconds, stopped_by)
+
+
+def _keep_aside(path: Path) -> Path:
+    """Rename an existing checkpoint to checkpoint-<its time stamp>.pt (never overwriting)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+    target, n = path.with_name(f"{path.stem}-{stamp}{path.suffix}"), 1
+    while target.exists():
+        target, n = path.with_name(f"{path.stem}-{stamp}-{n}{path.suffix}"), n + 1
+    os.replace(path, target)
+    return target
 
 
 _COLUMNS = [("epoch", "{:>5d}"), ("train_loss", "{:>10.4f}"), ("train_acc", "{:>9.2%}"),

@@ -100,6 +100,15 @@ def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(synthetic, tm
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temp file
 
 
+def test_a_fresh_run_keeps_the_earlier_checkpoint(synthetic, tmp_path):
+    _train(synthetic, replace(TINY, epochs=1), out_dir=tmp_path)
+    first = (tmp_path / "checkpoint.pt").read_bytes()
+    _train(synthetic, replace(TINY, epochs=1, seed=5), out_dir=tmp_path)
+    kept = list(tmp_path.glob("checkpoint-*.pt"))
+    assert len(kept) == 1 and kept[0].read_bytes() == first
+    assert (tmp_path / "checkpoint.pt").read_bytes() != first
+
+
 @pytest.mark.parametrize("change", [dict(width=0.25), dict(num_classes=100)])
 def test_resume_into_a_different_model_is_a_clear_error(synthetic, tmp_path, change):
     _train(synthetic, replace(TINY, epochs=1), out_dir=tmp_path)
