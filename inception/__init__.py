@@ -1,5 +1,9 @@
-"""GoogLeNet (Inception v1) from scratch: the package the notebook course imports."""
+"""GoogLeNet (Inception v1) from scratch: the package the notebook course imports.
 
+`inception.plots` is not imported here, so training never needs matplotlib.
+"""
+
+from inception.data import CifarData, DatasetError, DeviceLoader, load_cifar
 from inception.model import (
     INCEPTION_TABLE,
     MODELS,
@@ -19,9 +23,12 @@ from inception.runtime import (
     quick_mode,
     seed_everything,
 )
+from inception.train import PRESETS, TrainConfig, fit, get_preset, load_checkpoint
 
 __all__ = [
-    "INCEPTION_TABLE", "MODELS", "ConvBNReLU", "GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux",
-    "build_model", "count_parameters", "list_models",
+    "CifarData", "DatasetError", "DeviceLoader", "load_cifar",
+    "INCEPTION_TABLE", "MODELS", "ConvBNReLU", "GoogLeNet", "GoogLeNetOutputs", "Inception",
+    "InceptionAux", "build_model", "count_parameters", "list_models",
     "choose_precision", "default_device", "describe_runtime", "quick_mode", "seed_everything",
+    "PRESETS", "TrainConfig", "fit", "get_preset", "load_checkpoint",
 ]

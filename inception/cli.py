@@ -89,7 +89,8 @@ def _train(args: argparse.Namespace) -> None:
         config = replace(config, budget_min=args.budget_min or None)
     device = args.device or default_device()
     print(describe_runtime(device, config.precision))
-    data = load_cifar(root=args.data, seed=config.seed,
+    data = load_cifar(root=args.data, seed=config.seed, train_limit=config.train_limit,
+                      eval_limit=config.eval_limit,
                       source="synthetic" if args.synthetic else "auto")
     print(f"data: {data!r}")
     resume = args.out / "checkpoint.pt" if args.resume else None

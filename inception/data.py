@@ -117,8 +117,9 @@ def load_cifar(name: str = "cifar10", root: str | Path | None = None, *, source:
         source = "synthetic"
     if source == "synthetic":
         num_classes = 10 if name == "cifar10" else 100
-        n_train = train_limit or 50_000 - val_size
-        n_val, n_test = min(val_size, eval_limit or val_size), eval_limit or 10_000
+        n_train = 50_000 - val_size if train_limit is None else train_limit
+        n_val = val_size if eval_limit is None else min(val_size, eval_limit)
+        n_test = 10_000 if eval_limit is None else eval_limit
         images, labels = make_synthetic(n_train + n_val + n_test, num_classes, seed=seed)
         train, val, test = (slice(0, n_train), slice(n_train, n_train + n_val),
                             slice(n_train + n_val, None))
@@ -150,10 +151,10 @@ def make_synthetic(n: int, num_classes: int = 10, *, seed: int = 0) -> tuple[Ten
     g = torch.Generator().manual_seed(seed)
     patterns = torch.rand(num_classes, 3, 4, 4, generator=g)
     patterns = torch.nn.functional.interpolate(patterns, size=32, mode="bilinear")
+    patterns = (patterns * 255).round().to(torch.int16)
     labels = torch.randint(0, num_classes, (n,), generator=g)
-    noise = torch.rand(n, 3, 32, 32, generator=g)
-    images = (0.5 * patterns[labels] + 0.5 * noise) * 255
-    return images.round().to(torch.uint8), labels
+    noise = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    return ((patterns[labels] + noise) // 2).to(torch.uint8), labels  # half pattern, half noise
 
 
 def _assemble(name, source, classes, train_x, train_y, val_x, val_y, test_x, test_y, seed,
@@ -269,11 +270,16 @@ def _read_meta(folder: Path, filename: str, key: str) -> list[str]:
 # Normalisation and batch augmentation: whole-batch tensor ops, no per-image Python.
 
 
-def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """uint8 images (N, 3, H, W) to float32, standardised per channel."""
-    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255
-    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255
-    return (images.float() - m) / s
+def normalize(images: Tensor, mean: tuple[float, ...] | Tensor,
+              std: tuple[float, ...] | Tensor) -> Tensor:
+    """uint8 images (N, 3, H, W) to float32, standardised per channel.
+
+    `mean`/`std` may already be tensors on the images' device (the loader caches them): building
+    them from Python floats is a host-to-device copy, which on a GPU would sync every batch.
+    """
+    m = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    return (images.float() - m * 255) / (s * 255)
 
 
 def denormalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
@@ -354,6 +360,8 @@ class DeviceLoader:
         self.channels_last = channels_last
         self.drop_last = train if drop_last is None else drop_last
         self.mean, self.std = tuple(mean), tuple(std)
+        self._mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device)
+        self._std = torch.tensor(self.std, dtype=torch.float32, device=self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def __len__(self) -> int:
@@ -371,7 +379,7 @@ class DeviceLoader:
 
     def prepare(self, images: Tensor) -> Tensor:
         """Normalise uint8 images and set the memory format the model runs fastest in."""
-        x = normalize(images, self.mean, self.std)
+        x = normalize(images, self._mean, self._std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def augment(self, images: Tensor) -> Tensor:

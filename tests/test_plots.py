@@ -1,0 +1,155 @@
+"""inception.plots: every figure renders, is titled with its data source, and labels its axes."""
+
+import ast
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from inception import plots  # noqa: E402
+from inception.data import load_cifar, normalize  # noqa: E402
+from inception.evaluate import (  # noqa: E402
+    Predictions,
+    confusion_matrix,
+    misclassified,
+    per_class_report,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_cifar(source="synthetic", train_limit=80, eval_limit=40)
+
+
+@pytest.fixture(scope="module")
+def predictions(data):
+    probs = torch.softmax(torch.randn(len(data.test_labels), 10,
+                                      generator=torch.Generator().manual_seed(0)), dim=1)
+    return Predictions(labels=data.test_labels, probs=probs)
+
+
+def _check(fig: Figure, source: str | None) -> None:
+    """A rendered Figure whose title names the data, with every data axis labelled."""
+    assert isinstance(fig, Figure)
+    title = fig.get_suptitle()
+    assert title.strip()
+    if source is not None:
+        assert source in title
+    fig.savefig(io.BytesIO(), format="png", dpi=40)  # layout and drawing errors surface here
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>" or not ax.axison:
+            continue
+        if len(ax.get_xticks()) or len(ax.get_yticks()):  # charts, not image cells
+            assert ax.get_xlabel() and ax.get_ylabel(), ax.get_title()
+    fig.clear()
+
+
+def test_image_grids_are_titled_with_the_synthetic_source(data):
+    source = data.title
+    assert "synthetic" in source
+    images, labels = data.train_images[:6], data.train_labels[:6]
+    _check(plots.image_grid(images, labels, data.classes, source=source), source)
+    _check(plots.examples_per_class(data.train_images, data.train_labels, data.classes,
+                                    source=source, per_class=2), source)
+    _check(plots.augmentation_preview(images[0], source=source, n=6), source)
+
+
+def test_image_grid_marks_wrong_predictions_in_red(data):
+    images, labels = data.train_images[:4], data.train_labels[:4]
+    preds = labels.clone()
+    preds[1] = (labels[1] + 1) % 10
+    fig = plots.image_grid(images, labels, data.classes, source=data.title, preds=preds)
+    colours = [ax.title.get_color() for ax in fig.axes[:4]]
+    assert colours[1] == "tab:red" and colours.count("tab:red") == 1
+    assert f"pred: {data.classes[preds[1]]}" in fig.axes[1].get_title()
+    _check(fig, data.title)
+
+
+def test_image_grid_denormalises_float_images_and_requires_their_stats(data):
+    images = normalize(data.train_images[:3], data.mean, data.std)
+    with pytest.raises(ValueError, match="mean and std"):
+        plots.image_grid(images, data.train_labels[:3], data.classes, source=data.title)
+    fig = plots.image_grid(images, data.train_labels[:3], data.classes, source=data.title,
+                           mean=data.mean, std=data.std)
+    shown = fig.axes[0].get_images()[0].get_array()
+    expected = data.train_images[0].permute(1, 2, 0).float().numpy() / 255
+    assert abs(shown - expected).max() < 1e-4  # the original pixels, not normalised values
+    _check(fig, data.title)
+
+
+def test_data_figures_are_titled_with_the_source(data):
+    splits = {"train": data.train_labels, "val": data.val_labels, "test": data.test_labels}
+    _check(plots.class_balance(splits, data.classes, source=data.title), data.title)
+    _check(plots.channel_histograms(data.train_images, source=data.title), data.title)
+
+
+def test_training_figures_render_with_unmeasured_validation_epochs():
+    history = pd.DataFrame({
+        "epoch": [1, 2, 3], "train_loss": [2.0, 1.5, 1.2], "train_acc": [0.3, 0.45, 0.55],
+        "val_loss": [1.8, float("nan"), 1.3], "val_acc": [0.35, float("nan"), 0.52],
+        "lr": [0.1, 0.05, 0.0], "seconds": [30.0, 30.0, 30.0], "img_per_s": [1500.0] * 3})
+    source = "synthetic stand-in for CIFAR-10 (random images)"
+    fig = plots.training_curves(history, source=source)
+    assert "52.00% at epoch 3" in fig.axes[1].get_legend().get_texts()[1].get_text()
+    _check(fig, source)
+    _check(plots.lr_schedule(torch.linspace(0, 0.1, 50).tolist() + [0.05] * 10), None)
+
+
+def test_evaluation_figures_are_titled_with_the_source(data, predictions):
+    cm = confusion_matrix(predictions.labels, predictions.preds, 10)
+    _check(plots.confusion_heatmap(cm, data.classes, source=data.title), data.title)
+    _check(plots.per_class_bars(per_class_report(cm, data.classes), source=data.title),
+           data.title)
+    table = misclassified(predictions, data.classes, k=6)
+    _check(plots.misclassified_gallery(data.test_images, table, data.classes,
+                                       source=data.title), data.title)
+    ablation = pd.DataFrame({"branch": ["none", "1x1", "1x1→3x3", "1x1→5x5", "pool→1x1"],
+                             "channels": [0, 32, 64, 16, 16],
+                             "accuracy": [0.8, 0.7, 0.6, 0.78, 0.81]})
+    ablation["drop"] = 0.8 - ablation["accuracy"]
+    _check(plots.branch_ablation_bars(ablation, source=data.title), data.title)
+
+
+def test_confusion_heatmap_skips_annotations_for_100_classes():
+    classes = [f"class_{i}" for i in range(100)]
+    cm = torch.eye(100, dtype=torch.long) * 5 + 1
+    fig = plots.confusion_heatmap(cm, classes, source="synthetic")
+    assert not fig.axes[0].texts
+    _check(fig, "synthetic")
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a source file imports, e.g. {'torch', 'inception.data', 'inception.plots'}."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or "inception"  # `from . import x` inside the package
+            names |= {base} | {f"{base}.{a.name}" for a in node.names}
+    return names
+
+
+def test_plots_module_does_not_import_training():
+    assert not any(name.startswith("inception.train") for name in _imports(
+        ROOT / "inception" / "plots.py"))
+
+
+def test_no_library_module_imports_plots_or_matplotlib():
+    # STYLE.md: only notebooks and the CLI (which writes figures) may import plots.
+    for path in (ROOT / "inception").glob("*.py"):
+        if path.name in ("plots.py", "cli.py", "__main__.py"):
+            continue
+        top = {name.split(".")[0] for name in _imports(path)}
+        assert not top & {"matplotlib", "seaborn"}, path.name
+        assert not any(name.endswith(".plots") or name == "plots"
+                       for name in _imports(path)), path.name
