@@ -166,6 +166,8 @@ def _assemble(name, source, classes, train_x, train_y, val_x, val_y, test_x, tes
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images, in [0, 1] units (float64, chunked)."""
+    if images.numel() == 0:
+        raise ValueError("channel_stats needs at least one image (is train_limit 0?)")
     total = torch.zeros(3, dtype=torch.float64)
     squares = torch.zeros(3, dtype=torch.float64)
     for chunk in images.split(4096):

@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+# Imported for its side effect: in Jupyter, pyplot loads the inline backend, so the Figures
+# returned below display as images even in a notebook that never imports pyplot itself.
+import matplotlib.pyplot  # noqa: F401
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -144,11 +147,11 @@ def channel_histograms(images: Tensor, *, source: str) -> Figure:
         share = (counts / counts.sum()).numpy()
         mean = float((share * levels).sum())
         ax.plot(levels, share, color=colour, lw=1.5, label=f"{name} (mean {mean:.1f})")
-    ax.set_xlim(0, 255)
+    ax.set_xlim(-4, 259)  # keep the spikes of saturated pixels at 0 and 255 off the frame
     ax.set_ylim(bottom=0)
     ax.set_xlabel("pixel value")
     ax.set_ylabel("fraction of pixels")
-    ax.legend(title="channel")
+    ax.legend(title="channel", loc="upper center")
     _title(fig, f"Pixel values per channel ({len(images):,} images)", source)
     return fig
 

@@ -94,7 +94,9 @@ PRESETS: dict[str, TrainConfig] = {
         model="googlenet_cifar_small",
         epochs=30,  # an upper bound: the 15-minute budget ends the run first
         budget_min=15.0,  # the schedule is laid over the budget, so it ends at a low LR
-        batch_size=128, lr=0.1,
+        # A 2-core AVX2 CPU trains this model at ~80 img/s: 15 minutes is under two epochs, so
+        # batch 64 doubles the number of updates at the same throughput as batch 128.
+        batch_size=64, lr=0.08, warmup=0.1,
         label_smoothing=0.1,
     ),
     # The full recipe for googlenet_cifar on one GPU (Colab T4: fp16 + grad scaler; A100: bf16).
