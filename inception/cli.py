@@ -110,6 +110,8 @@ def _evaluate(args: argparse.Namespace) -> None:
                           train_limit=recorded["n_train"], eval_limit=recorded["n_test"])
     else:
         data = load_cifar(recorded["name"], root=args.data, seed=recorded["seed"])
+    # Normalise exactly as in training: with the statistics stored in the checkpoint.
+    data = replace(data, mean=tuple(recorded["mean"]), std=tuple(recorded["std"]))
     start = time.perf_counter()
     report = evaluate.evaluate(model, data, args.split, tta=args.tta, device=args.device)
     seconds = time.perf_counter() - start

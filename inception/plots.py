@@ -201,8 +201,9 @@ def training_curves(history: pd.DataFrame, *, source: str) -> Figure:
     with sns.axes_style("whitegrid"):
         loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     epoch = history["epoch"]
-    _plot_series(loss_ax, epoch, history["train_loss"], "train")
-    _plot_series(loss_ax, epoch, history["val_loss"], "val")
+    # Not the same quantity: training adds the aux heads (x0.3 each) and label smoothing.
+    _plot_series(loss_ax, epoch, history["train_loss"], "train (with aux + smoothing)")
+    _plot_series(loss_ax, epoch, history["val_loss"], "val (main head)")
     _plot_series(acc_ax, epoch, 100 * history["train_acc"], "train")
     val_acc = history["val_acc"]
     if val_acc.notna().any():
