@@ -3,6 +3,7 @@
 import hashlib
 import socket
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,6 +46,34 @@ def test_files_matching_official_checksums_count_as_official(tiny_root, monkeypa
     data = load_cifar(root=tiny_root, val_size=10)
     assert data.source == "official"
     assert not [w for w in recwarn if "official" in str(w.message)]
+
+
+def test_cifar100_loads_through_the_same_call(tmp_path):
+    import pickle
+
+    import numpy as np
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 30), ("test", 10)):
+        entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 "fine_labels": [int(v) for v in rng.integers(0, 100, n)],
+                 "coarse_labels": [0] * n}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    names = [f"class_{i}" for i in range(100)]
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": names}))
+    with pytest.warns(UserWarning, match="not the official CIFAR-100 release"):
+        data = load_cifar("cifar100", root=tmp_path, val_size=5)
+    assert len(data.classes) == 100 and data.title == "CIFAR-100 (unofficial copy)"
+    assert (len(data.train_labels), len(data.val_labels), len(data.test_labels)) == (25, 5, 10)
+
+
+def test_data_root_defaults_to_the_repository_and_follows_the_environment(monkeypatch,
+                                                                         tmp_path):
+    monkeypatch.delenv("INCEPTION_DATA", raising=False)
+    assert D.default_root() == Path(D.__file__).resolve().parents[1] / "data"
+    monkeypatch.setenv("INCEPTION_DATA", str(tmp_path))
+    assert D.default_root() == tmp_path
 
 
 def test_pixels_and_labels_decode_in_the_official_layout(tmp_path):
