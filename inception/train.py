@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -478,8 +478,3 @@ def _set_rng_state(state: dict) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
-
-def config_from_dict(values: dict) -> TrainConfig:
-    """Rebuild a TrainConfig saved with `asdict` (ignores fields this version does not know)."""
-    known = {f.name for f in fields(TrainConfig)}
-    return replace(TrainConfig(), **{k: v for k, v in values.items() if k in known})
