@@ -14,6 +14,7 @@ from inception.model import (
     InceptionAux,
     build_model,
     count_parameters,
+    fold_batchnorm,
     list_models,
 )
 from inception.runtime import (
@@ -28,7 +29,7 @@ from inception.train import PRESETS, TrainConfig, fit, get_preset, load_checkpoi
 __all__ = [
     "CifarData", "DatasetError", "DeviceLoader", "load_cifar",
     "INCEPTION_TABLE", "MODELS", "ConvBNReLU", "GoogLeNet", "GoogLeNetOutputs", "Inception",
-    "InceptionAux", "build_model", "count_parameters", "list_models",
+    "InceptionAux", "build_model", "count_parameters", "fold_batchnorm", "list_models",
     "choose_precision", "default_device", "describe_runtime", "quick_mode", "seed_everything",
     "PRESETS", "TrainConfig", "fit", "get_preset", "load_checkpoint",
 ]

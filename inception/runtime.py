@@ -72,6 +72,15 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
+def eval_batch_size(device: torch.device | str) -> int:
+    """Batch size for inference: small on a CPU, where it keeps activations in cache.
+
+    Measured on a 2-core AVX2 CPU (googlenet_cifar_small, folded BatchNorm): batch 64 evaluated
+    ~2x faster than batch 500, whose activations spill out of the caches. A GPU wants big ones.
+    """
+    return 500 if torch.device(device).type == "cuda" else 64
+
+
 def describe_runtime(device: torch.device | str | None = None, precision: str = "auto") -> str:
     """One line naming the device and the precision training would use on it."""
     device = torch.device(device) if device is not None else default_device()

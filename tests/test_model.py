@@ -1,5 +1,6 @@
 """inception.model against independent references: torchvision's googlenet and published counts."""
 
+import copy
 import warnings
 
 import pytest
@@ -13,6 +14,7 @@ from inception.model import (
     Inception,
     build_model,
     count_parameters,
+    fold_batchnorm,
     list_models,
 )
 
@@ -182,3 +184,28 @@ def test_unknown_names_and_arguments_are_rejected():
         build_model("googlenet_tiny")
     with pytest.raises(ValueError, match="stem must be one of"):
         build_model("googlenet", stem="resnet")
+
+
+def test_fold_batchnorm_computes_the_same_function_and_leaves_the_original_alone():
+    torch.manual_seed(0)
+    model = build_model("googlenet_cifar_small")
+    with torch.no_grad():  # statistics and affine parameters as after training, not the identity
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    model.train()
+    state = copy.deepcopy(model.state_dict())
+
+    folded = fold_batchnorm(model)
+
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert not folded.training and all(not p.requires_grad for p in folded.parameters())
+    assert model.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        reference = model.eval()(x)  # the unfolded network, BatchNorm using running statistics
+        torch.testing.assert_close(folded(x), reference, rtol=1e-4, atol=1e-4)
