@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tta", action="store_true", help="average with horizontal flips")
     evaluate.add_argument("--split", default="test", choices=["test", "val"],
                           help="which split to score (default: test)")
+    evaluate.add_argument("--limit", type=_positive(int), metavar="N",
+                          help="score only the first N images of the split, for a quick check "
+                               "(default: all of them)")
     evaluate.add_argument("--data", type=Path, metavar="DIR",
                           help="dataset folder (default: $INCEPTION_DATA or data/)")
     evaluate.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -112,6 +115,10 @@ def _evaluate(args: argparse.Namespace) -> None:
         data = load_cifar(recorded["name"], root=args.data, seed=recorded["seed"])
     # Normalise exactly as in training: with the statistics stored in the checkpoint.
     data = replace(data, mean=tuple(recorded["mean"]), std=tuple(recorded["std"]))
+    if args.limit is not None:
+        images, labels = data.split(args.split)
+        data = replace(data, **{f"{args.split}_images": images[:args.limit],
+                                f"{args.split}_labels": labels[:args.limit]})
     start = time.perf_counter()
     report = evaluate.evaluate(model, data, args.split, tta=args.tta, device=args.device)
     seconds = time.perf_counter() - start

@@ -16,7 +16,8 @@ def test_help_lists_every_option(capsys):
     assert "{auto,quick,cpu,gpu}" in text
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
-    assert "--tta" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "--tta" in text and "--limit" in text
 
 
 @pytest.mark.parametrize("argv", [["train", "--preset", "tpu"], ["train", "--epochs", "-3"],
@@ -47,4 +48,10 @@ def test_train_then_evaluate_round_trip(tmp_path, capsys):
     assert main(["evaluate", str(out / "checkpoint.pt"), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "test accuracy" in printed and "synthetic" in printed and "precision" in printed
+    assert "(500 images" in printed  # the quick preset's synthetic test split, all of it
     assert (out / "confusion.png").is_file()
+    assert main(["evaluate", str(out / "checkpoint.pt"), "--device", "cpu", "--split", "val",
+                 "--limit", "37"]) == 0
+    printed = capsys.readouterr().out
+    assert "val accuracy" in printed and "(37 images" in printed
+
