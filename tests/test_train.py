@@ -216,3 +216,19 @@ def test_presets_and_config_validation():
         get_preset("tpu")
     with pytest.raises(ValueError, match="optimizer must be one of"):
         TrainConfig(optimizer="lion")
+
+
+def test_gpu_recipe_runs_through_the_fp16_grad_scaler_path(synthetic, tmp_path, monkeypatch):
+    # Colab's T4 resolves to fp16 autocast with a GradScaler. No GPU here, but the CPU runs the
+    # same code: fp16 autocast, scaled backward, scaler step and update, scaler state in the
+    # checkpoint and back on resume. The gpu preset's recipe (EMA, cutout) rides along, shrunk.
+    monkeypatch.setattr(T, "choose_precision", lambda device, requested: "fp16")
+    config = replace(get_preset("gpu"), width=0.125, batch_size=16, epochs=2, train_limit=64,
+                     eval_limit=32)
+    first = _train(synthetic, replace(config, epochs=1), out_dir=tmp_path)
+    assert first.precision == "fp16"
+    scaler = T.read_checkpoint(tmp_path / "checkpoint.pt")["scaler"]
+    assert scaler["scale"] > 0  # an enabled scaler saved its state (a disabled one saves {})
+    resumed = _train(synthetic, config, out_dir=tmp_path, resume=tmp_path / "checkpoint.pt")
+    assert len(resumed.history) == 2
+    assert all(torch.isfinite(p).all() for p in resumed.model.parameters())
