@@ -204,11 +204,19 @@ def _ensure_on_disk(name: str, root: Path, download: bool) -> tuple[Path, bool]:
     differ = [f for f, md5 in files if not check_integrity(str(folder / f), md5)]
     if differ:
         warnings.warn(
-            f"{folder} is not the official {_PRETTY[name]} release: {len(differ)} of {len(files)} "
-            "files differ from the official checksums (for example a re-encoded mirror). It "
-            "loads, but label results from it as coming from an unofficial copy.",
+            f"{_relative(folder)} is not the official {_PRETTY[name]} release: {len(differ)} of "
+            f"{len(files)} files differ from the official checksums (for example a re-encoded "
+            "mirror). It loads, but label results from it as coming from an unofficial copy.",
             UserWarning, stacklevel=3)
     return folder, not differ
+
+
+def _relative(path: Path) -> str:
+    """`path` relative to the working directory: shorter, and no home folder in saved outputs."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
 
 
 def _download(name: str, root: Path) -> None:
