@@ -85,10 +85,10 @@ class TrainConfig:
 PRESETS: dict[str, TrainConfig] = {
     # Seconds long: proves the whole pipeline runs (CI, notebooks in quick mode). Not for accuracy.
     "quick": TrainConfig(
-        model="googlenet_cifar_small",
+        model="googlenet_cifar_small", width=0.125,  # the cpu preset's network, in miniature
         epochs=2, batch_size=32,  # small batches: a few dozen steps still move the weights
         lr=0.05, warmup=0.2,
-        train_limit=640, eval_limit=500,  # a subset keeps train + evaluate under 30 s on a CPU
+        train_limit=512, eval_limit=500,  # a subset: train + evaluate --limit 500 in < 30 s
     ),
     # The best a 2-core laptop CPU reaches in 15 minutes of training (tuned on validation).
     "cpu": TrainConfig(
