@@ -1,0 +1,101 @@
+"""Does `torch.compile` pay for itself? Eager against compiled, for a train step and for inference.
+
+For each mode it reports the compile time (the first calls, which trace and generate code), the
+steady-state images per second of both, and how many images it takes before the compiled
+version has made up its compile time. Inference runs on the BatchNorm-folded model, as
+`inception.evaluate.predict` does. Random images: only the speed is of interest.
+
+    python benchmarks/compile.py                       # the cpu preset's model and batch size
+    python benchmarks/compile.py --width 0.25 --batch-size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from inception.model import build_model, fold_batchnorm
+from inception.runtime import eval_batch_size
+from inception.train import TrainConfig, loss_fn, make_optimizer
+
+
+def _rate(step, x: torch.Tensor, steps: int) -> float:
+    """Images per second of `steps` calls of `step(x)` (the caller has warmed it up)."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(x)
+    return steps * len(x) / (time.perf_counter() - start)
+
+
+def _warm_up(step, x: torch.Tensor, calls: int = 3) -> float:
+    """Seconds taken by the first `calls` calls: for a compiled step, mostly compilation."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        step(x)
+    return time.perf_counter() - start
+
+
+def make_train_step(forward, model: torch.nn.Module, config: TrainConfig):
+    """One SGD step of `model` through `forward` (the model itself or its compiled version)."""
+    optimizer = make_optimizer(model, config)
+    labels = torch.randint(0, 10, (config.batch_size,))
+
+    def step(x: torch.Tensor) -> None:
+        loss, _ = loss_fn(forward(x), labels, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def measure(eager, compiled, x: torch.Tensor, steps: int) -> tuple[float, float, float]:
+    """Eager and compiled images per second (best of two alternating rounds, so that machine
+    noise hits both alike) and the compile time (the first calls minus their share of work)."""
+    calls = 3
+    _warm_up(eager, x, calls)
+    warm = _warm_up(compiled, x, calls)
+    eager_rates, compiled_rates = [], []
+    for _ in range(2):
+        eager_rates.append(_rate(eager, x, steps))
+        compiled_rates.append(_rate(compiled, x, steps))
+    compiled_rate = max(compiled_rates)
+    return max(eager_rates), compiled_rate, warm - calls * len(x) / compiled_rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="googlenet_cifar_small")
+    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    parser.add_argument("--steps", type=int, default=20, help="timed calls per measurement")
+    args = parser.parse_args()
+    config = TrainConfig(model=args.model, width=args.width, batch_size=args.batch_size)
+    cl = torch.channels_last
+    print(f"{args.model} width {args.width} | torch {torch.__version__} | "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'mode':<10}{'eager img/s':>12}{'compiled img/s':>16}{'compile s':>11}"
+          f"{'break-even images':>19}")
+
+    torch.manual_seed(0)
+    model = config.build_model(10).to(memory_format=cl).train()
+    x = torch.randn(args.batch_size, 3, 32, 32).to(memory_format=cl)
+    rows = [("train", *measure(make_train_step(model, model, config),
+                               make_train_step(torch.compile(model), model, config),
+                               x, args.steps))]
+    net = fold_batchnorm(build_model(args.model, width=args.width).to(memory_format=cl))
+    x = torch.randn(eval_batch_size("cpu"), 3, 32, 32).to(memory_format=cl)
+    with torch.inference_mode():
+        rows.append(("inference", *measure(net, torch.compile(net), x, args.steps)))
+
+    for mode, eager, compiled, compile_s in rows:
+        # Images after which compiling (compile_s, then 1/compiled s per image) has caught up.
+        saved_per_image = 1 / eager - 1 / compiled
+        even = f"{compile_s / saved_per_image:,.0f}" if saved_per_image > 0 else "never"
+        print(f"{mode:<10}{eager:>12.1f}{compiled:>16.1f}{compile_s:>11.1f}{even:>19}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
