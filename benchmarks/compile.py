@@ -2,8 +2,10 @@
 
 For each mode it reports the compile time (the first calls, which trace and generate code), the
 steady-state images per second of both, and how many images it takes before the compiled
-version has made up its compile time. Inference runs on the BatchNorm-folded model, as
-`inception.evaluate.predict` does. Random images: only the speed is of interest.
+version has made up its compile time. Both run at the precision `fit` and `predict` choose for
+this CPU (bf16 autocast where the hardware has it, else fp32) and channels_last. Inference runs
+on the BatchNorm-folded model, as `inception.evaluate.predict` does. Random images: only the
+speed is of interest. Eager and compiled share one process, as they would in a notebook.
 
     python benchmarks/compile.py                       # the cpu preset's model and batch size
     python benchmarks/compile.py --width 0.25 --batch-size 128
@@ -17,7 +19,7 @@ import time
 import torch
 
 from inception.model import build_model, fold_batchnorm
-from inception.runtime import eval_batch_size
+from inception.runtime import autocast_dtype, choose_precision, eval_batch_size
 from inception.train import TrainConfig, loss_fn, make_optimizer
 
 
@@ -37,13 +39,15 @@ def _warm_up(step, x: torch.Tensor, calls: int = 3) -> float:
     return time.perf_counter() - start
 
 
-def make_train_step(forward, model: torch.nn.Module, config: TrainConfig):
+def make_train_step(forward, model: torch.nn.Module, config: TrainConfig,
+                    dtype: torch.dtype | None):
     """One SGD step of `model` through `forward` (the model itself or its compiled version)."""
     optimizer = make_optimizer(model, config)
     labels = torch.randint(0, 10, (config.batch_size,))
 
     def step(x: torch.Tensor) -> None:
-        loss, _ = loss_fn(forward(x), labels, config)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss, _ = loss_fn(forward(x), labels, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -64,6 +68,14 @@ def measure(eager, compiled, x: torch.Tensor, steps: int) -> tuple[float, float,
     return max(eager_rates), compiled_rate, warm - calls * len(x) / compiled_rate
 
 
+def make_inference(forward, dtype: torch.dtype | None):
+    """A no-grad forward pass through `forward` at the given autocast dtype."""
+    def infer(x: torch.Tensor) -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            forward(x)
+    return infer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="googlenet_cifar_small")
@@ -73,7 +85,9 @@ def main() -> None:
     args = parser.parse_args()
     config = TrainConfig(model=args.model, width=args.width, batch_size=args.batch_size)
     cl = torch.channels_last
-    print(f"{args.model} width {args.width} | torch {torch.__version__} | "
+    precision = choose_precision("cpu")
+    dtype = autocast_dtype(precision)
+    print(f"{args.model} width {args.width} | {precision} | torch {torch.__version__} | "
           f"{torch.get_num_threads()} threads")
     print(f"{'mode':<10}{'eager img/s':>12}{'compiled img/s':>16}{'compile s':>11}"
           f"{'break-even images':>19}")
@@ -81,13 +95,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = config.build_model(10).to(memory_format=cl).train()
     x = torch.randn(args.batch_size, 3, 32, 32).to(memory_format=cl)
-    rows = [("train", *measure(make_train_step(model, model, config),
-                               make_train_step(torch.compile(model), model, config),
+    rows = [("train", *measure(make_train_step(model, model, config, dtype),
+                               make_train_step(torch.compile(model), model, config, dtype),
                                x, args.steps))]
     net = fold_batchnorm(build_model(args.model, width=args.width).to(memory_format=cl))
     x = torch.randn(eval_batch_size("cpu"), 3, 32, 32).to(memory_format=cl)
-    with torch.inference_mode():
-        rows.append(("inference", *measure(net, torch.compile(net), x, args.steps)))
+    rows.append(("inference", *measure(make_inference(net, dtype),
+                                       make_inference(torch.compile(net), dtype), x, args.steps)))
 
     for mode, eager, compiled, compile_s in rows:
         # Images after which compiling (compile_s, then 1/compiled s per image) has caught up.
