@@ -18,21 +18,13 @@ import time
 
 import torch
 
-from inception.model import build_model, fold_batchnorm
+from inception.model import fold_batchnorm
 from inception.runtime import autocast_dtype, choose_precision, eval_batch_size
 from inception.train import TrainConfig, loss_fn, make_optimizer
 
 
-def _rate(step, x: torch.Tensor, steps: int) -> float:
-    """Images per second of `steps` calls of `step(x)` (the caller has warmed it up)."""
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(x)
-    return steps * len(x) / (time.perf_counter() - start)
-
-
-def _warm_up(step, x: torch.Tensor, calls: int = 3) -> float:
-    """Seconds taken by the first `calls` calls: for a compiled step, mostly compilation."""
+def _seconds(step, x: torch.Tensor, calls: int) -> float:
+    """Wall time of `calls` calls of `step(x)`."""
     start = time.perf_counter()
     for _ in range(calls):
         step(x)
@@ -58,14 +50,14 @@ def measure(eager, compiled, x: torch.Tensor, steps: int) -> tuple[float, float,
     """Eager and compiled images per second (best of two alternating rounds, so that machine
     noise hits both alike) and the compile time (the first calls minus their share of work)."""
     calls = 3
-    _warm_up(eager, x, calls)
-    warm = _warm_up(compiled, x, calls)
-    eager_rates, compiled_rates = [], []
+    _seconds(eager, x, calls)
+    warm = _seconds(compiled, x, calls)  # for the compiled step, mostly compilation
+    eager_s, compiled_s = [], []
     for _ in range(2):
-        eager_rates.append(_rate(eager, x, steps))
-        compiled_rates.append(_rate(compiled, x, steps))
-    compiled_rate = max(compiled_rates)
-    return max(eager_rates), compiled_rate, warm - calls * len(x) / compiled_rate
+        eager_s.append(_seconds(eager, x, steps))
+        compiled_s.append(_seconds(compiled, x, steps))
+    eager_rate, compiled_rate = (steps * len(x) / min(s) for s in (eager_s, compiled_s))
+    return eager_rate, compiled_rate, warm - calls * len(x) / compiled_rate
 
 
 def make_inference(forward, dtype: torch.dtype | None):
@@ -98,7 +90,7 @@ def main() -> None:
     rows = [("train", *measure(make_train_step(model, model, config, dtype),
                                make_train_step(torch.compile(model), model, config, dtype),
                                x, args.steps))]
-    net = fold_batchnorm(build_model(args.model, width=args.width).to(memory_format=cl))
+    net = fold_batchnorm(config.build_model(10).to(memory_format=cl))
     x = torch.randn(eval_batch_size("cpu"), 3, 32, 32).to(memory_format=cl)
     rows.append(("inference", *measure(make_inference(net, dtype),
                                        make_inference(torch.compile(net), dtype), x, args.steps)))
