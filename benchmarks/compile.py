@@ -6,6 +6,8 @@ version has made up its compile time. Both run at the precision `fit` and `predi
 this CPU (bf16 autocast where the hardware has it, else fp32) and channels_last. Inference runs
 on the BatchNorm-folded model, as `inception.evaluate.predict` does. Random images: only the
 speed is of interest. Eager and compiled share one process, as they would in a notebook.
+Inductor's on-disk caches are bypassed, so the compile time is what a first run pays (a warm
+cache from an earlier run cut it from ~100 s to ~5 s here, which would flatter compile).
 
     python benchmarks/compile.py                       # the cpu preset's model and batch size
     python benchmarks/compile.py --width 0.25 --batch-size 128
@@ -17,6 +19,7 @@ import argparse
 import time
 
 import torch
+import torch._inductor.config
 
 from inception.model import fold_batchnorm
 from inception.runtime import autocast_dtype, choose_precision, eval_batch_size
@@ -75,6 +78,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
     parser.add_argument("--steps", type=int, default=20, help="timed calls per measurement")
     args = parser.parse_args()
+    torch._inductor.config.force_disable_caches = True  # time a cold compile, every run
     config = TrainConfig(model=args.model, width=args.width, batch_size=args.batch_size)
     cl = torch.channels_last
     precision = choose_precision("cpu")
