@@ -16,7 +16,7 @@ import pandas as pd
 
 from inception.data import DatasetError, load_cifar
 from inception.model import list_models
-from inception.runtime import default_device, describe_runtime
+from inception.runtime import default_device, describe_runtime, seed_everything
 from inception.train import PRESETS, fit, get_preset, load_checkpoint
 
 
@@ -97,6 +97,7 @@ def _train(args: argparse.Namespace) -> None:
                       source="synthetic" if args.synthetic else "auto")
     print(f"data: {data!r}")
     resume = args.out / "checkpoint.pt" if args.resume else None
+    seed_everything(config.seed)  # the initial weights come from the seed too, not only the data
     model = config.build_model(len(data.classes))
     result = fit(model, data, config, device=device, out_dir=args.out, resume=resume)
     result.history.to_csv(args.out / "history.csv", index=False)
