@@ -6,6 +6,7 @@ training. It knows nothing about models or training loops.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import warnings
@@ -22,6 +23,7 @@ from torchvision.datasets.utils import (
     extract_archive,
 )
 
+from inception.errors import ConfigError, DatasetError
 from inception.runtime import quick_mode
 
 # Published per-channel statistics of the official training sets (RGB, pixel values in [0, 1]).
@@ -34,12 +36,9 @@ PUBLISHED_STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD),
 _TORCHVISION = {"cifar10": CIFAR10, "cifar100": CIFAR100}
 _LABEL_KEY = {"cifar10": "labels", "cifar100": "fine_labels"}
 _PRETTY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
-
-
-class DatasetError(RuntimeError):
-    """The dataset is missing, corrupt or unreachable; the message says how to fix it."""
 
 
 @dataclass
@@ -59,6 +58,47 @@ class CifarData:
     std: tuple[float, float, float]
     seed: int = 0
     root: str | None = None
+
+    def __post_init__(self) -> None:
+        """Check the splits against each other and against `classes` (also on every `replace`).
+
+        Labels outside the classes or images of the wrong type would otherwise train and
+        evaluate without a word, to meaningless numbers.
+        """
+        n = len(self.classes)
+        if n < 1:
+            raise DatasetError("CifarData needs at least one class name in `classes`")
+        for split in ("train", "val", "test"):
+            images, labels = self.split(split)
+            if (not isinstance(images, Tensor) or images.dtype != torch.uint8
+                    or images.dim() != 4 or images.shape[1] != 3):
+                got = (f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor)
+                       else type(images).__name__)
+                raise DatasetError(f"CifarData.{split}_images must be a uint8 tensor "
+                                   f"(N, 3, H, W), got {got}")
+            if (not isinstance(labels, Tensor) or labels.dtype != torch.int64
+                    or labels.shape != images.shape[:1]):
+                got = (f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, Tensor)
+                       else type(labels).__name__)
+                raise DatasetError(f"CifarData.{split}_labels must be an int64 tensor with one "
+                                   f"label per image ({len(images)}), got {got}")
+            if len(labels) and (labels.min() < 0 or labels.max() >= n):
+                raise DatasetError(
+                    f"CifarData.{split}_labels run from {labels.min().item()} to "
+                    f"{labels.max().item()}, outside [0, {n}) for its {n} classes")
+        _check_stats(self.mean, self.std, "CifarData")
+
+    def check_num_classes(self, num_classes: int) -> None:
+        """Raise a ConfigError unless a model with `num_classes` outputs fits these classes.
+
+        Without it a 100-class model trains and evaluates on CIFAR-10 silently (90 outputs
+        simply never win), and its numbers look plausible.
+        """
+        if num_classes != len(self.classes):
+            raise ConfigError(
+                f"the model has {num_classes} outputs but {self.title} has "
+                f"{len(self.classes)} classes: build it with num_classes={len(self.classes)} "
+                "(len(data.classes)), or use data with as many classes as the model")
 
     @property
     def title(self) -> str:
@@ -109,8 +149,14 @@ def load_cifar(name: str = "cifar10", root: str | Path | None = None, *, source:
         raise ValueError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
     if source not in ("auto", "synthetic"):
         raise ValueError(f"source must be 'auto' or 'synthetic', got {source!r}")
+    from_env = root is None and bool(os.environ.get("INCEPTION_DATA"))
     root = Path(root).expanduser() if root is not None else default_root()
     spec = _TORCHVISION[name]
+    if root.exists() and not root.is_dir():
+        where = "INCEPTION_DATA" if from_env else "the data folder (--data)"
+        raise DatasetError(f"{where} points at {root}, which is a file, not a folder: point it "
+                           f"at a folder that holds {spec.base_folder}/ (or where it may be "
+                           "downloaded)")
     on_disk = (root / spec.base_folder).is_dir() or (root / spec.filename).is_file()
     if source == "auto" and quick_mode() and not on_disk:
         print(f"Quick mode and no {_PRETTY[name]} in {root}: using the synthetic stand-in.")
@@ -128,11 +174,14 @@ def load_cifar(name: str = "cifar10", root: str | Path | None = None, *, source:
                          images[val], labels[val], images[test], labels[test], seed, None)
 
     folder, official = _ensure_on_disk(name, root, download)
-    train_x, train_y = _read_files(folder, [f for f, _ in spec.train_list], _LABEL_KEY[name])
-    test_x, test_y = _read_files(folder, [f for f, _ in spec.test_list], _LABEL_KEY[name])
-    classes = _read_meta(folder, spec.meta["filename"], spec.meta["key"])
+    classes = _read_meta(folder / spec.meta["filename"], spec.meta["key"], name)
+    label_key = _LABEL_KEY[name]
+    train_x, train_y = _read_files(folder, [f for f, _ in spec.train_list], label_key, classes)
+    test_x, test_y = _read_files(folder, [f for f, _ in spec.test_list], label_key, classes)
     if not 0 <= val_size < len(train_y):
-        raise ValueError(f"val_size must be in [0, {len(train_y)}), got {val_size}")
+        raise DatasetError(f"{folder} holds {len(train_y)} training images, too few to hold "
+                           f"out {val_size} for validation (val_size): is the dataset "
+                           "complete? Delete the folder and run again to re-download it")
     perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = perm[:val_size].sort().values, perm[val_size:].sort().values
     train_idx = train_idx[:train_limit]
@@ -240,41 +289,148 @@ def _missing_message(name: str, root: Path, reason: str) -> str:
             f"{spec.base_folder}/.")
 
 
-def _unpickle(path: Path) -> dict:
+# ---------------------------------------------------------------------------------------------
+# Reading the batch files. They are pickles, and `pickle.load` runs whatever a file asks for, so
+# they are read by an unpickler that resolves only the few names the format needs: NumPy's array
+# and scalar reconstruction (under NumPy 1 and NumPy 2 module names), and the latin-1 bytes
+# helper of Python 3 protocol-2 pickles. Dicts, lists, strings and numbers need no names at all.
+# The official files (Python 2 cPickle, protocol 2, byte-string keys read with latin-1) and the
+# offline copy (protocol 4, str keys) both load; anything else is refused before it can run.
+
+
+def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
+    """Stands in for `_codecs.encode`, as Python 3 pickles bytes at protocol 2, latin-1 only."""
+    if encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _safe_globals() -> dict[tuple[str, str], object]:
+    try:
+        from numpy._core import multiarray, numeric  # NumPy 2 (and a shim in 1.26)
+    except ImportError:  # older NumPy 1
+        from numpy.core import multiarray, numeric
+    safe = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+            ("_codecs", "encode"): _latin1_bytes}
+    for package in ("numpy.core", "numpy._core"):  # the name the writer's NumPy used
+        safe[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        safe[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        safe[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
+    return safe
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle asked for a name outside the CIFAR format's few: it is not loaded."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that can build dicts, lists, strings, numbers and NumPy arrays, nothing else."""
+
+    _SAFE = _safe_globals()
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self._SAFE[(module, name)]
+        except KeyError:
+            raise _Refused(f"{module}.{name}") from None
+
+
+def _unpickle(path: Path):
+    """Load one CIFAR pickle with `_CifarUnpickler`; DatasetError naming the file otherwise."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, ImportError, MemoryError) as err:
+            return _CifarUnpickler(f, encoding="latin1").load()
+    except _Refused as err:
         raise DatasetError(
-            f"{path} is truncated or corrupt ({type(err).__name__}: {err}). Delete "
-            f"{path.parent} and run again to re-download it.") from None
+            f"{path} is not a plain CIFAR file: it asks to load {err}, which no CIFAR file "
+            "needs (a pickle can run code), so it was refused and nothing in it ran. Delete "
+            f"{path.parent} and download the dataset again from a source you trust.") from None
+    except OSError as err:
+        raise DatasetError(f"cannot read {path} ({err.strerror or err}): check its "
+                           "permissions, or delete the folder and download it again") from None
+    except Exception as err:  # noqa: BLE001 - whatever a damaged pickle raises, it is damaged
+        detail = str(err).strip().splitlines()
+        raise DatasetError(
+            f"{path} is truncated or corrupt ({type(err).__name__}"
+            f"{': ' + detail[0] if detail else ''}). Delete {path.parent} and run again to "
+            "re-download it.") from None
 
 
-def _read_files(folder: Path, files: list[str], label_key: str) -> tuple[Tensor, Tensor]:
+def _invalid(path: Path, problem: str) -> DatasetError:
+    return DatasetError(f"{path} {problem}, so it is not a valid CIFAR file. Delete "
+                        f"{path.parent} and run again to re-download it.")
+
+
+def _check_pixels(path: Path, data) -> np.ndarray:
+    """The images of one file as uint8 (N, 3, 32, 32); never a silent cast from another dtype."""
+    if not isinstance(data, np.ndarray):
+        raise _invalid(path, f"stores its images as a {type(data).__name__}, not a NumPy array")
+    if data.dtype != np.uint8:
+        span = ""
+        if data.size and (np.issubdtype(data.dtype, np.integer)
+                          or np.issubdtype(data.dtype, np.floating)):
+            span = f" (values {data.min()} to {data.max()})"
+        raise _invalid(path, f"stores {data.dtype} pixels{span} where CIFAR has uint8 in 0-255")
+    if data.ndim == 2 and data.shape[1] == 3 * 32 * 32:
+        return data.reshape(-1, 3, 32, 32)
+    if data.ndim == 4 and data.shape[1:] == (3, 32, 32):
+        return data
+    raise _invalid(path, f"stores images of shape {data.shape} where CIFAR has (N, 3072) "
+                         "rows of 3 x 32 x 32 pixels")
+
+
+def _check_labels(path: Path, labels, key: str, num_classes: int) -> np.ndarray:
+    """The labels of one file as int64, each in [0, num_classes)."""
+    try:
+        array = np.asarray(labels)
+    except (ValueError, TypeError):
+        array = np.asarray([None])  # ragged or odd: reported below as not integers
+    if array.size == 0:
+        array = array.astype(np.int64)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise _invalid(path, f"stores {key!r} as {array.dtype} of shape {array.shape} where "
+                             "CIFAR has a list of integer class indices")
+    if array.size and (array.min() < 0 or array.max() >= num_classes):
+        raise _invalid(path, f"has {key!r} from {array.min()} to {array.max()}, outside "
+                             f"[0, {num_classes}) for the {num_classes} classes its meta "
+                             "file names")
+    return array.astype(np.int64)
+
+
+def _read_files(folder: Path, files: list[str], label_key: str,
+                classes: list[str]) -> tuple[Tensor, Tensor]:
     images, labels = [], []
     for name in files:
-        entry = _unpickle(folder / name)
-        try:
-            data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            label = np.asarray(entry[label_key], dtype=np.int64)
-        except (KeyError, ValueError, TypeError) as err:
-            raise DatasetError(
-                f"{folder / name} does not hold CIFAR images ({type(err).__name__}: {err}). "
-                f"Delete {folder} and run again to re-download it.") from None
+        path = folder / name
+        entry = _unpickle(path)
+        if not isinstance(entry, dict):
+            raise _invalid(path, f"holds a {type(entry).__name__} where CIFAR has a dict")
+        missing = [k for k in ("data", label_key) if k not in entry]
+        if missing:
+            raise _invalid(path, f"has no {' or '.join(map(repr, missing))} entry")
+        data = _check_pixels(path, entry["data"])
+        label = _check_labels(path, entry[label_key], label_key, len(classes))
         if len(data) != len(label):
-            raise DatasetError(f"{folder / name} has {len(data)} images but {len(label)} labels. "
-                               f"Delete {folder} and run again to re-download it.")
+            raise _invalid(path, f"has {len(data)} images but {len(label)} labels")
         images.append(torch.from_numpy(data))
         labels.append(torch.from_numpy(label))
     return torch.cat(images), torch.cat(labels)
 
 
-def _read_meta(folder: Path, filename: str, key: str) -> list[str]:
-    meta = _unpickle(folder / filename)
-    if key not in meta:
-        raise DatasetError(f"{folder / filename} has no {key!r}. Delete {folder} and run again.")
-    return list(meta[key])
+def _read_meta(path: Path, key: str, name: str) -> list[str]:
+    """The class names from the meta file, which must name exactly the dataset's classes."""
+    meta = _unpickle(path)
+    if not isinstance(meta, dict) or key not in meta:
+        raise _invalid(path, f"has no {key!r} entry")
+    names = meta[key]
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        raise _invalid(path, f"stores {key!r} as {type(names).__name__} where CIFAR has a "
+                             "list of class names")
+    expected = _NUM_CLASSES[name]
+    if len(names) != expected:
+        raise _invalid(path, f"names {len(names)} classes, but {_PRETTY[name]} has "
+                             f"{expected} (labels 0 to {expected - 1})")
+    return list(names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,6 +500,24 @@ def cutout(images: Tensor, size: int, generator: torch.Generator | None = None) 
     return images * (~hole).unsqueeze(1).to(images.dtype)
 
 
+def _check_stats(mean, std, owner: str, channels: int = 3) -> None:
+    """Per-channel mean and std must be finite, one per channel, and std positive.
+
+    They are the only way a NaN or inf can enter a batch: images are uint8, which cannot hold
+    one. So with them checked, the loader never hands the model a non-finite batch (which in
+    training mode would poison the BatchNorm running statistics for good).
+    """
+    for label, values in (("mean", mean), ("std", std)):
+        values = tuple(values)
+        if len(values) != channels or not all(math.isfinite(float(v)) for v in values):
+            raise ConfigError(f"{owner} {label} must be {channels} finite numbers, one per "
+                              f"channel, got {values}")
+    if min(float(v) for v in std) <= 0:
+        raise ConfigError(f"{owner} std must be positive in every channel, got {tuple(std)}: "
+                          "a channel with std 0 holds one value only, and normalising it "
+                          "divides by zero")
+
+
 class DeviceLoader:
     """Batches drawn from uint8 images that live on the training device.
 
@@ -360,10 +534,13 @@ class DeviceLoader:
                  flip: bool = True, cutout_size: int = 0, channels_last: bool = True,
                  drop_last: bool | None = None, seed: int = 0) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"DeviceLoader wants uint8 images (N, C, H, W), got "
+            raise ConfigError(f"DeviceLoader wants uint8 images (N, C, H, W), got "
                              f"{images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            raise ConfigError(f"{len(images)} images but {len(labels)} labels")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        _check_stats(mean, std, "DeviceLoader", channels=images.shape[1])
         self.device = torch.device(device)
         self.images, self.labels = images.to(self.device), labels.to(self.device)
         self.batch_size, self.train = batch_size, train

@@ -1,0 +1,37 @@
+"""The package's exceptions: one base class for every problem a user can fix.
+
+Each message names the problem and the fix, so the command line prints it as it is (one line,
+no traceback) and a notebook shows the same words. Each class also derives from the built-in
+exception code would have caught before it existed (ValueError, RuntimeError, ...), so
+`except ValueError` around a call keeps working.
+"""
+
+from __future__ import annotations
+
+
+class InceptionError(Exception):
+    """A problem the user can fix (bad setting, bad file, missing data); the message says how."""
+
+
+class ConfigError(InceptionError, ValueError):
+    """A setting, an argument or a combination of them is invalid (caught before any work)."""
+
+
+class DatasetError(InceptionError, RuntimeError):
+    """The dataset is missing, corrupt, unsafe or unreachable; the message names the file."""
+
+
+class CheckpointError(InceptionError, ValueError):
+    """A checkpoint is unreadable, not one of ours, or for a different model or run."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint where one was asked for; the message lists any kept-aside ones nearby."""
+
+
+class ModelInputError(InceptionError, ValueError):
+    """A tensor given to the model has the wrong shape, dtype or size for the network."""
+
+
+class TrainingError(InceptionError, RuntimeError):
+    """Training cannot go on (for example the loss became NaN); the last good checkpoint is kept."""
