@@ -3,7 +3,16 @@
 `inception.plots` is not imported here, so training never needs matplotlib.
 """
 
-from inception.data import CifarData, DatasetError, DeviceLoader, load_cifar
+from inception.data import CifarData, DeviceLoader, load_cifar
+from inception.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    ConfigError,
+    DatasetError,
+    InceptionError,
+    ModelInputError,
+    TrainingError,
+)
 from inception.model import (
     INCEPTION_TABLE,
     MODELS,
@@ -25,11 +34,15 @@ from inception.runtime import (
     seed_everything,
 )
 from inception.train import PRESETS, TrainConfig, fit, get_preset, load_checkpoint
+from inception.weights import Weights, available_weights, get_weights, load_reference
 
 __all__ = [
     "CifarData", "DatasetError", "DeviceLoader", "load_cifar",
+    "InceptionError", "ConfigError", "CheckpointError", "CheckpointNotFoundError",
+    "ModelInputError", "TrainingError",
     "INCEPTION_TABLE", "MODELS", "ConvBNReLU", "GoogLeNet", "GoogLeNetOutputs", "Inception",
     "InceptionAux", "build_model", "count_parameters", "fold_batchnorm", "list_models",
     "choose_precision", "default_device", "describe_runtime", "quick_mode", "seed_everything",
     "PRESETS", "TrainConfig", "fit", "get_preset", "load_checkpoint",
+    "Weights", "available_weights", "get_weights", "load_reference",
 ]

@@ -1,23 +1,41 @@
-"""The command line: `python -m inception train | evaluate | models`.
+"""The command line: `python -m inception train | evaluate | models | export`.
 
 Owns argument parsing and turning errors into one-line messages. All the work is done by
 `inception.data`, `inception.train`, `inception.evaluate` and `inception.plots`.
+
+Errors: every command runs inside one boundary, `main`. A mistake the user can fix prints one
+line naming the problem and the fix and exits 1 (Ctrl-C: a line that fits the command, exit
+130); `--debug` prints the traceback as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
-from dataclasses import replace
+import traceback
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-from inception.data import DatasetError, load_cifar
+from inception.data import load_cifar
+from inception.errors import InceptionError
 from inception.model import list_models
-from inception.runtime import default_device, describe_runtime, seed_everything
-from inception.train import PRESETS, fit, get_preset, load_checkpoint
+from inception.runtime import describe_runtime, resolve_device, seed_everything
+from inception.train import (
+    PRESETS,
+    fit,
+    get_preset,
+    kept_aside,
+    load_checkpoint,
+    prepare_out_dir,
+    read_checkpoint,
+    require_checkpoint_file,
+)
+from inception.weights import export_weights, get_weights, verify, write_record
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,16 +43,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive(kind):
+def _number(kind, low: float = 0, *, strict: bool = True, high: float | None = None):
+    """An argparse type: a finite `kind` (int or float) above `low` (or at it unless `strict`)."""
+    what = "a whole number" if kind is int else "a number"
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if value < low or (strict and value == low) or (high is not None and value > high):
+            bound = f"{'>' if strict else '>='} {low}" + (f" and <= {high}" if high else "")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
     return parse
+
+
+def _positive(kind):
+    return _number(kind)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,26 +78,34 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default="auto", choices=["auto", *PRESETS],
                        help="auto picks gpu when CUDA is available, else cpu (default: auto)")
     train.add_argument("--epochs", type=_positive(int), help="override the preset's epochs")
-    train.add_argument("--budget-min", type=float, metavar="M",
+    train.add_argument("--budget-min", type=_number(float, strict=False), metavar="M",
                        help="wall-clock training budget in minutes; the LR schedule spans it "
                             "(0 removes the preset's budget)")
     train.add_argument("--max-steps", type=_positive(int), metavar="S",
                        help="stop after S optimizer steps")
-    train.add_argument("--seed", type=int, help="override the preset's seed")
+    train.add_argument("--seed", type=_number(int, strict=False, high=2**32 - 1),
+                       help="override the preset's seed (0 to 2**32 - 1)")
     train.add_argument("--data", type=Path, metavar="DIR",
                        help="dataset folder (default: $INCEPTION_DATA or data/)")
     train.add_argument("--synthetic", action="store_true",
                        help="train on random stand-in images (offline smoke runs only)")
     train.add_argument("--out", type=Path, default=Path("checkpoints"), metavar="DIR",
                        help="where checkpoint.pt and history.csv go (default: checkpoints/)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue exactly from OUT/checkpoint.pt")
+    train.add_argument("--resume", nargs="?", const=True, type=Path, metavar="CHECKPOINT",
+                       help="continue exactly from OUT/checkpoint.pt, or from CHECKPOINT "
+                            "(e.g. one an earlier run kept aside as checkpoint-<time>.pt)")
     train.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on the test split",
                               description="Print accuracy and the per-class table of a "
-                              "checkpoint, and write confusion.png next to it.")
-    evaluate.add_argument("checkpoint", type=Path, help="path to checkpoint.pt")
+                              "checkpoint (or of packaged weights, --weights), and write "
+                              "confusion.png next to the checkpoint (or here).")
+    evaluate.add_argument("checkpoint", type=Path, nargs="?", help="path to checkpoint.pt")
+    evaluate.add_argument("--weights", metavar="NAME",
+                          help="evaluate packaged weights instead, e.g. cifar10")
+    evaluate.add_argument("--model", default="googlenet_cifar_small",
+                          help="the model whose --weights to evaluate "
+                               "(default: googlenet_cifar_small)")
     evaluate.add_argument("--tta", action="store_true", help="average with horizontal flips")
     evaluate.add_argument("--split", default="test", choices=["test", "val"],
                           help="which split to score (default: test)")
@@ -80,7 +116,30 @@ def build_parser() -> argparse.ArgumentParser:
                           help="dataset folder (default: $INCEPTION_DATA or data/)")
     evaluate.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
 
-    sub.add_parser("models", help="list the registered models and their parameter counts")
+    sub.add_parser("models", help="list the registered models, their parameter counts and "
+                   "packaged weights")
+
+    export = sub.add_parser(
+        "export", help="turn a checkpoint into shippable weights with a provenance record",
+        description="Write MODEL-NAME.pt (float16, no aux heads, no optimizer state; still a "
+        "checkpoint) and MODEL-NAME.json into DIR. The record's accuracies are measured on the "
+        "exported file itself: validation, and test with and without flip TTA.")
+    export.add_argument("checkpoint", type=Path, help="path to checkpoint.pt")
+    export.add_argument("--name", required=True, help="the weights' name, e.g. cifar10")
+    export.add_argument("--into", type=Path, default=Path("."), metavar="DIR",
+                        help="folder to write into (default: here; the package's own weights "
+                             "live in inception/pretrained)")
+    export.add_argument("--data-source", help="how to describe the training data in the "
+                        "record (default: the data's title, e.g. 'CIFAR-10 (official)')")
+    export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra provenance field, e.g. commit=abc123 (repeatable)")
+    export.add_argument("--data", type=Path, metavar="DIR",
+                        help="dataset folder (default: $INCEPTION_DATA or data/)")
+    debug = "show the full Python traceback of an error (for bug reports)"
+    parser.add_argument("--debug", action="store_true", help=debug)
+    for command in sub.choices.values():  # also accepted after the command
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=debug)
     return parser
 
 
@@ -90,13 +149,14 @@ def _train(args: argparse.Namespace) -> None:
     config = replace(config, **{k: v for k, v in changes.items() if v is not None})
     if args.budget_min is not None:
         config = replace(config, budget_min=args.budget_min or None)
-    device = args.device or default_device()
+    device = resolve_device(args.device)  # checked before anything slow: a typo fails at once
+    prepare_out_dir(args.out)  # likewise a folder that cannot be written
+    resume = _resume_path(args)
     print(describe_runtime(device, config.precision))
     data = load_cifar(root=args.data, seed=config.seed, train_limit=config.train_limit,
                       eval_limit=config.eval_limit,
                       source="synthetic" if args.synthetic else "auto")
     print(f"data: {data!r}")
-    resume = args.out / "checkpoint.pt" if args.resume else None
     seed_everything(config.seed)  # the initial weights come from the seed too, not only the data
     model = config.build_model(len(data.classes))
     result = fit(model, data, config, device=device, out_dir=args.out, resume=resume)
@@ -107,29 +167,44 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from inception import evaluate, plots  # plotting only where a figure is written
 
-    model, meta = load_checkpoint(args.checkpoint, map_location="cpu")
-    recorded = meta["data"]
-    if recorded["source"] == "synthetic":  # regenerate exactly the stand-in it was trained on
-        data = load_cifar(recorded["name"], source="synthetic", seed=recorded["seed"],
-                          train_limit=recorded["n_train"], eval_limit=recorded["n_test"])
+    device = resolve_device(args.device)  # checked before anything slow: a typo fails at once
+    if (args.checkpoint is None) == (args.weights is None):
+        raise ValueError("name a checkpoint file or --weights NAME (one of the two), e.g. "
+                         "python -m inception evaluate --weights cifar10")
+    if args.weights is not None:
+        weights = get_weights(args.model, args.weights)
+        verify(weights)
+        checkpoint, png = weights.path, Path("confusion.png")
+        print(f"packaged weights {args.model}/{args.weights}: "
+              f"{weights.meta['test_accuracy_tta']:.2%} test accuracy with flip TTA recorded "
+              f"on {weights.meta['data_source']}")
     else:
-        data = load_cifar(recorded["name"], root=args.data, seed=recorded["seed"])
-    # Normalise exactly as in training: with the statistics stored in the checkpoint.
-    data = replace(data, mean=tuple(recorded["mean"]), std=tuple(recorded["std"]))
+        checkpoint, png = args.checkpoint, args.checkpoint.with_name("confusion.png")
+    model, meta = load_checkpoint(checkpoint, map_location="cpu")
+    data = _data_of(meta["data"], args.data)
     if args.limit is not None:
         images, labels = data.split(args.split)
         data = replace(data, **{f"{args.split}_images": images[:args.limit],
                                 f"{args.split}_labels": labels[:args.limit]})
     start = time.perf_counter()
-    report = evaluate.evaluate(model, data, args.split, tta=args.tta, device=args.device)
+    report = evaluate.evaluate(model, data, args.split, tta=args.tta, device=device)
     seconds = time.perf_counter() - start
     print(f"{report.summary()} in {seconds:.1f} s")
     with pd.option_context("display.float_format", "{:.3f}".format):
         print(report.report.to_string())
     figure = plots.confusion_heatmap(report.confusion, report.classes, source=data.title)
-    png = args.checkpoint.with_name("confusion.png")
     figure.savefig(png, dpi=120, bbox_inches="tight")
     print(f"wrote {png}")
+
+
+def _data_of(recorded: dict, root: Path | None):
+    """The data a checkpoint was trained on (same split), normalised with its own statistics."""
+    if recorded["source"] == "synthetic":  # regenerate exactly the stand-in it was trained on
+        data = load_cifar(recorded["name"], source="synthetic", seed=recorded["seed"],
+                          train_limit=recorded["n_train"], eval_limit=recorded["n_test"])
+    else:
+        data = load_cifar(recorded["name"], root=root, seed=recorded["seed"])
+    return replace(data, mean=tuple(recorded["mean"]), std=tuple(recorded["std"]))
 
 
 def _models(_: argparse.Namespace) -> None:
@@ -138,16 +213,97 @@ def _models(_: argparse.Namespace) -> None:
                                       "params_with_aux": "{:,}".format}))
 
 
+def _preset_of(config: dict) -> str:
+    """The preset a run's config came from, with what was changed: 'quick with max_steps=2'."""
+    def changes(name: str) -> dict:
+        preset = asdict(PRESETS[name])
+        return {k: v for k, v in config.items() if preset.get(k) != v}
+
+    name = min(PRESETS, key=lambda n: len(changes(n)))
+    changed = changes(name)
+    return name + (" with " + ", ".join(f"{k}={v}" for k, v in changed.items()) if changed else "")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from inception import evaluate
+
+    extra = dict(item.split("=", 1) for item in args.set if "=" in item)
+    if len(extra) != len(args.set):
+        raise ValueError(f"--set takes KEY=VALUE, got {args.set}")
+    payload = read_checkpoint(args.checkpoint, map_location="cpu")
+    out = args.into / f"{payload['model_name']}-{args.name}.pt"
+    export_weights(args.checkpoint, out)
+    model, meta = load_checkpoint(out, map_location="cpu")  # measure the file that ships
+    data = _data_of(meta["data"], args.data)
+    scores = {}
+    for key, split, tta in (("val_accuracy", "val", False), ("test_accuracy", "test", False),
+                            ("test_accuracy_tta", "test", True)):
+        scores[key] = evaluate.evaluate(model, data, split, tta=tta).accuracy
+        print(f"{key}: {scores[key]:.2%}")
+    config = meta["config"]
+    preset = _preset_of(config)
+    record = write_record(out, dict(
+        model=payload["model_name"], weights=args.name, arch=model.arch,
+        classes=list(data.classes), mean=list(data.mean), std=list(data.std), **scores,
+        data_source=args.data_source or data.title, preset=preset, config=config,
+        epochs=meta["epoch"], steps=meta["step"],
+        train_minutes=round(meta["train_seconds"] / 60, 1), precision=meta["precision"],
+        device=meta["device"], torch=torch.__version__,
+        file_bytes=out.stat().st_size, **extra))
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MB) and {record}")
+
+
+def _resume_path(args: argparse.Namespace) -> Path | None:
+    """The checkpoint `--resume` names (OUT/checkpoint.pt by default), checked to exist."""
+    if args.resume is None:
+        return None
+    path = args.out / "checkpoint.pt" if args.resume is True else args.resume
+    return require_checkpoint_file(path)  # lists kept-aside checkpoints when it is missing
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C left behind, in the terms of the command that was running."""
+    if args.command != "train":
+        return (f"interrupted: {args.command} stopped before it finished; run it again to "
+                "finish")
+    checkpoint = args.out / "checkpoint.pt"
+    if checkpoint.is_file():
+        return (f"interrupted: the last completed epoch is saved in {checkpoint}; continue "
+                "with the same command plus --resume")
+    message = "interrupted before the first epoch finished: nothing to resume"
+    earlier = kept_aside(checkpoint)
+    if earlier:
+        message += (f"; the earlier checkpoint is kept as {earlier[0]} "
+                    f"(continue it with --resume {earlier[0]})")
+    return message
+
+
+def _error_message(err: Exception) -> str:
+    """One or two lines for the user: the problem and the fix, or the bug and how to report it."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    if isinstance(err, InceptionError | ValueError | OSError):
+        return f"error: {lines[0]}"
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return ("error: out of memory: use a smaller preset (or batch_size), or close what "
+                "else is using the memory")
+    return (f"error: unexpected {type(err).__name__}: {lines[0]}\n"
+            "this looks like a bug in inception: rerun with --debug and report the traceback")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
+    """Entry point; returns the process exit code. The one error boundary of every command."""
     args = build_parser().parse_args(argv)
+    commands = {"train": _train, "evaluate": _evaluate, "models": _models, "export": _export}
     try:
-        {"train": _train, "evaluate": _evaluate, "models": _models}[args.command](args)
-    except (DatasetError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        commands[args.command](args)
     except KeyboardInterrupt:
-        print("interrupted: the last completed epoch's checkpoint is kept; "
-              "continue with --resume", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print(_interrupted(args), file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the boundary: every failure ends in a message
+        if args.debug:
+            traceback.print_exc()
+        print(_error_message(err), file=sys.stderr)
+        return 1
     return 0

@@ -16,7 +16,13 @@ from torch import Tensor, nn
 
 from inception.data import CifarData, DeviceLoader
 from inception.model import Inception, fold_batchnorm
-from inception.runtime import autocast_dtype, choose_precision, default_device, eval_batch_size
+from inception.runtime import (
+    autocast_dtype,
+    choose_precision,
+    default_device,
+    eval_batch_size,
+    resolve_device,
+)
 
 BRANCHES = ("branch1", "branch2", "branch3", "branch4")
 
@@ -78,7 +84,7 @@ def predict(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Sequence[
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if len(images) == 0:
         raise ValueError("predict got no images")
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     batch_size = eval_batch_size(device) if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -183,6 +189,37 @@ def misclassified(predictions: Predictions, classes: Sequence[str], k: int = 16)
     })
 
 
+def calibration(predictions: Predictions, n_bins: int = 15) -> tuple[float, pd.DataFrame]:
+    """Expected calibration error and the reliability table behind it.
+
+    Predictions are grouped by confidence into `n_bins` equal-width bins; in each, a calibrated
+    model's accuracy equals its mean confidence. The ECE is the image-weighted mean gap
+    |accuracy - confidence| (Guo et al., 2017), computed by torchmetrics; the table (one row per
+    non-empty bin: lower edge, confidence, accuracy, images) is what a reliability diagram draws.
+    """
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be positive, got {n_bins}")
+    ece = multiclass_calibration_error(predictions.probs, predictions.labels,
+                                       num_classes=predictions.probs.shape[1], n_bins=n_bins,
+                                       norm="l1").item()
+    conf, right = predictions.confidence, predictions.correct.double()
+    # Bin i holds confidences in [i/n, (i+1)/n), with 1.0 in the last bin: torchmetrics' bins.
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=conf.dtype)
+    bins = (torch.bucketize(conf, edges, right=True) - 1).clamp(0, n_bins - 1)
+    conf = conf.double()
+    count = torch.bincount(bins, minlength=n_bins)
+    keep = count > 0
+    size = count.clamp(min=1).double()
+    table = pd.DataFrame({
+        "bin_lower": (torch.arange(n_bins, dtype=torch.float64) / n_bins)[keep].numpy(),
+        "confidence": (torch.bincount(bins, conf, minlength=n_bins) / size)[keep].numpy(),
+        "accuracy": (torch.bincount(bins, right, minlength=n_bins) / size)[keep].numpy(),
+        "images": count[keep].numpy()})
+    return ece, table
+
+
 @dataclass(repr=False)
 class EvalReport:
     """Everything `evaluate` measured on one split, with the label of the data it came from."""
@@ -210,10 +247,18 @@ class EvalReport:
 def evaluate(model: nn.Module, data: CifarData, split: str = "test", *, tta: bool = False,
              batch_size: int | None = None, device: torch.device | str | None = None,
              precision: str = "auto") -> EvalReport:
-    """Predict one split of `data` and compute accuracy, confusion and per-class tables."""
+    """Predict one split of `data` and compute accuracy, confusion and per-class tables.
+
+    A model with a different number of outputs than `data` has classes is refused (ConfigError)
+    rather than scored: its extra outputs would silently cost accuracy, or hide a wrong model.
+    """
+    num_classes = getattr(model, "arch", {}).get("num_classes")
+    if num_classes is not None:  # checked before the work when the model says it
+        data.check_num_classes(num_classes)
     images, labels = data.split(split)
     predictions = predict(model, images, labels, mean=data.mean, std=data.std,
                           batch_size=batch_size, tta=tta, device=device, precision=precision)
+    data.check_num_classes(predictions.probs.shape[1])  # any model: its actual outputs
     confusion = confusion_matrix(predictions.labels, predictions.preds, len(data.classes))
     return EvalReport(predictions=predictions, accuracy=accuracy(predictions), confusion=confusion,
                       report=per_class_report(confusion, data.classes),

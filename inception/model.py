@@ -7,6 +7,8 @@ training or checkpoints; names follow torchvision's `googlenet.py` so its weight
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -15,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from inception.errors import ConfigError, ModelInputError
 
 # The paper's Table 1, one row per Inception module:
 # (name, #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
@@ -151,10 +155,8 @@ class GoogLeNet(nn.Module):
                  dropout: float = 0.2, dropout_aux: float = 0.7, width: float = 1.0,
                  stem: str = "imagenet", five_by_five: bool = True) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
-        if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
+        _check_arch(num_classes=num_classes, in_channels=in_channels, width=width,
+                    dropout=dropout, dropout_aux=dropout_aux, stem=stem)
         # Everything needed to rebuild this network (checkpoints store it).
         self.arch = dict(num_classes=num_classes, in_channels=in_channels, aux_logits=aux_logits,
                          dropout=dropout, dropout_aux=dropout_aux, width=width, stem=stem,
@@ -220,10 +222,33 @@ class GoogLeNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def _check_input(self, x: Tensor) -> None:
+        """Shape, dtype and size, from metadata only: no host sync, so no cost on a GPU.
+
+        Values are not checked (that would sync every batch). A NaN batch in training mode
+        would poison the BatchNorm running statistics for good; `fit` cannot feed one (its
+        loader holds uint8 images and validated statistics) and stops on a non-finite loss.
+        """
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
+            raise ModelInputError(
                 f"GoogLeNet expects a batch of shape (N, {self.in_channels}, H, W); "
                 f"got a tensor of shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ModelInputError(
+                f"GoogLeNet expects float images, normalised as in training; got {x.dtype}. "
+                "Convert uint8 images with inception.data.normalize(images, data.mean, "
+                "data.std)")
+        weight = self.conv1.conv.weight.dtype
+        if x.dtype != weight and not _autocast_on(x.device.type):
+            raise ModelInputError(
+                f"the input is {x.dtype} but the model's weights are {weight}: convert the "
+                f"input with x.to({weight}), or the model with model.to({x.dtype})")
+        too_small = [side for side in x.shape[-2:] if _final_side(self, side) < 1]
+        if too_small:
+            raise ModelInputError(
+                f"{x.shape[-2]}x{x.shape[-1]} images are too small for the {self.stem} stem: "
+                "its pooling layers shrink them to nothing before the classifier. The "
+                f"smallest input it takes is {_smallest_side(self)}x{_smallest_side(self)}; "
+                "resize the images, or use a model with a gentler stem")
         if self.stem == "imagenet" and min(x.shape[-2:]) < 64:
             warnings.warn(
                 f"{x.shape[-2]}x{x.shape[-1]} input is too small for the imagenet stem, which "
@@ -245,6 +270,59 @@ class GoogLeNet(nn.Module):
         x = self.inception5b(self.inception5a(x))
         logits = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
         return GoogLeNetOutputs(logits, aux2, aux1) if aux_on else logits
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no argument, and the CPU has its own query
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
+def _check_arch(*, num_classes, in_channels, width, dropout, dropout_aux, stem) -> None:
+    """GoogLeNet's arguments must make a network: counts >= 1, width finite and > 0, p in [0, 1]."""
+    if stem not in STEMS:
+        raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
+    for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    if (not isinstance(width, numbers.Real) or isinstance(width, bool)
+            or not math.isfinite(width) or width <= 0):
+        raise ConfigError(f"width must be a finite number > 0, got {width!r}")
+    for name, value in (("dropout", dropout), ("dropout_aux", dropout_aux)):
+        if not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+            raise ConfigError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+def _shrink(side: int, layer: nn.Module) -> int:
+    """A Conv2d's or MaxPool2d's output side for an input side, as torch computes it."""
+    if not isinstance(layer, nn.Conv2d | nn.MaxPool2d):
+        return side
+
+    def first(v):
+        return v[0] if isinstance(v, tuple) else v
+
+    k, s, p, d = (first(layer.kernel_size), first(layer.stride), first(layer.padding),
+                  first(layer.dilation))
+    ceil = isinstance(layer, nn.MaxPool2d) and layer.ceil_mode
+    out = (side + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
+    if ceil and (out - 1) * s >= side + p:  # the last window must start inside the input
+        out -= 1
+    return out
+
+
+def _final_side(model: GoogLeNet, side: int) -> int:
+    """The side of the feature map reaching the classifier (< 1: the input is too small)."""
+    for layer in (model.conv1.conv, model.maxpool1, model.maxpool2, model.maxpool3,
+                  model.maxpool4):  # every other layer keeps the size (padding k // 2)
+        side = _shrink(side, layer)
+        if side < 1:
+            return side
+    return side
+
+
+def _smallest_side(model: GoogLeNet) -> int:
+    return next(n for n in range(1, 1024) if _final_side(model, n) >= 1)
 
 
 @dataclass(frozen=True)
@@ -272,15 +350,36 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def build_model(name: str, *, num_classes: int = 10, aux_logits: bool = True,
-                **overrides) -> GoogLeNet:
-    """Build a registered GoogLeNet by name; keyword overrides replace the registry's settings."""
+def build_model(name: str, *, num_classes: int = 10, aux_logits: bool | None = None,
+                weights: str | None = None, **overrides) -> GoogLeNet:
+    """Build a registered GoogLeNet by name; keyword overrides replace the registry's settings.
+
+    `weights` (e.g. "cifar10") loads packaged pretrained weights, checked against their sha256,
+    and returns the model in eval mode, as torchvision's builders do. Packaged weights have no
+    aux heads, so `aux_logits` defaults to False with weights and to True without.
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     kwargs = {**MODELS[name].kwargs, **overrides}
-    model = GoogLeNet(num_classes=num_classes, aux_logits=aux_logits, **kwargs)
+    if weights is None:
+        model = GoogLeNet(num_classes=num_classes, aux_logits=aux_logits is not False, **kwargs)
+        model.name = name
+        return model
+
+    from inception.weights import get_weights  # late: model stays free of files and hashes
+
+    pretrained = get_weights(name, weights)
+    saved = pretrained.meta["arch"]
+    asked = dict(kwargs, num_classes=num_classes, aux_logits=bool(aux_logits))
+    differ = {k: (v, saved[k]) for k, v in asked.items() if k in saved and saved[k] != v}
+    if differ:
+        detail = ", ".join(f"{k}={v!r} (the weights have {w!r})" for k, (v, w) in differ.items())
+        raise ValueError(f"the {weights!r} weights of {name} do not fit {detail}; drop those "
+                         "arguments, or build without weights and train")
+    model = GoogLeNet(**saved)
     model.name = name
-    return model
+    model.load_state_dict(pretrained.state_dict())
+    return model.eval()
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -289,7 +388,10 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def list_models(num_classes: int = 10) -> list[dict]:
-    """Every registered model with its parameter count, with and without the aux heads."""
+    """Every registered model: parameter counts with and without aux heads, packaged weights."""
+    from inception.weights import available_weights  # late, as in build_model
+
+    shipped = available_weights()
     rows = []
     for name, spec in MODELS.items():
         with torch.device("meta"):  # count shapes without allocating or initialising weights
@@ -297,7 +399,8 @@ def list_models(num_classes: int = 10) -> list[dict]:
             training = build_model(name, num_classes=num_classes, aux_logits=True)
         rows.append(dict(name=name, description=spec.description,
                          params=count_parameters(deployed),
-                         params_with_aux=count_parameters(training)))
+                         params_with_aux=count_parameters(training),
+                         weights=", ".join(shipped.get(name, [])) or "-"))
     return rows
 
 

@@ -1,7 +1,8 @@
-"""Figures for the course: data, augmentation, training curves and error analysis.
+"""Figures for the course: architecture, data, augmentation, training curves and error analysis.
 
-Owns drawing only, every figure titled with its data source; it never trains or evaluates. No
-other package module imports it, and figures live outside pyplot, so a notebook shows each once.
+Owns drawing only, every data figure titled with its data source; it never trains or evaluates
+(the network diagram runs one blank image through a model, only to trace its shapes). No other
+package module imports it, and figures live outside pyplot, so a notebook shows each once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import seaborn as sns
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch, Patch
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
@@ -338,3 +340,231 @@ def branch_ablation_bars(table: pd.DataFrame, *, source: str,
         ax.set_title(f"baseline accuracy {baseline.iloc[0]:.2%}", fontsize=10)
     _title(fig, f"Silencing one branch of {module}", source)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture diagrams, drawn from a model's own modules so they stay true for every width and
+# stem. They read names and weights only (duck typing), so a hand-built copy draws the same way.
+
+_FILL = dict(io="#e6e6e6", reduce="#ffe08a", conv1="#a9c5eb", conv3="#f7b267", conv5="#f4845f",
+             pool="#9ad1d4", inception="#f7b267", aux="#ffe08a", head="#d9d9d9", input="white")
+
+
+def _box(ax: Axes, x: float, y: float, text: str, fill: str, width: float = 2.2,
+         height: float = 0.8, gid: str | None = None, **text_style) -> tuple[float, float]:
+    """A rounded box centred on (x, y) with a centred label; returns its (bottom, top)."""
+    ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height, gid=gid,
+                                boxstyle="round,pad=0.02,rounding_size=0.12", fc=fill, ec="0.2"))
+    if text:
+        ax.text(x, y, text, ha="center", va="center", **{"fontsize": 10, **text_style})
+    return y - height / 2, y + height / 2
+
+
+def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float]) -> None:
+    ax.annotate("", xy=end, xytext=start,
+                arrowprops=dict(arrowstyle="-|>", color="0.25", lw=1.2, shrinkA=0, shrinkB=0))
+
+
+def _out_channels(block: torch.nn.Module) -> int:
+    """Output channels of a ConvBNReLU-like block, read from its weight (out, in, k, k)."""
+    return block.conv.weight.shape[0]
+
+
+def inception_module_diagram(module: torch.nn.Module, side: int, *,
+                             name: str = "inception3a") -> Figure:
+    """One Inception module as the paper draws it, with the widths read from its convolutions."""
+    b1, (r3, c3), (r5, c5), (_, proj) = (module.branch1, module.branch2, module.branch3,
+                                         module.branch4)
+    k = c5.conv.kernel_size[0]
+    in_channels = b1.conv.weight.shape[1]
+    out_channels = sum(_out_channels(b) for b in (b1, c3, c5, proj))
+    fig = _figure(11, 5.9)
+    ax = fig.subplots()
+    xs, low, high = (1.5, 4.2, 6.9, 9.6), 1.6, 3.1
+    _, prev_top = _box(ax, 5.55, 0, f"Previous layer\n{side}x{side}x{in_channels}", _FILL["io"],
+                       3.2)
+    cat_bottom, _ = _box(ax, 5.55, 4.6, f"Filter concatenation\n{side}x{side}x{out_channels}",
+                         _FILL["io"], 10.4)
+    lower = [None,
+             _box(ax, xs[1], low, f"1x1 conv, {_out_channels(r3)}\n(3x3 reduce)", _FILL["reduce"]),
+             _box(ax, xs[2], low, f"1x1 conv, {_out_channels(r5)}\n({k}x{k} reduce)",
+                  _FILL["reduce"]),
+             _box(ax, xs[3], low, "3x3 max pool\nstride 1", _FILL["pool"])]
+    upper = [_box(ax, xs[0], high, f"1x1 conv, {_out_channels(b1)}", _FILL["conv1"]),
+             _box(ax, xs[1], high, f"3x3 conv, {_out_channels(c3)}", _FILL["conv3"]),
+             _box(ax, xs[2], high, f"{k}x{k} conv, {_out_channels(c5)}", _FILL["conv5"]),
+             _box(ax, xs[3], high, f"1x1 conv, {_out_channels(proj)}\n(pool proj)",
+                  _FILL["reduce"])]
+    for i, x in enumerate(xs):
+        first = upper[i] if lower[i] is None else lower[i]
+        _arrow(ax, (4.55 + 0.66 * i, prev_top), (x, first[0]))
+        if lower[i] is not None:
+            _arrow(ax, (x, lower[i][1]), (x, upper[i][0]))
+        _arrow(ax, (x, upper[i][1]), (x, cat_bottom))
+    ax.set(xlim=(0, 11.1), ylim=(-0.6, 5.2), aspect="equal")
+    ax.set_axis_off()
+    _legend(ax, [("reduce", "1x1 reduction / projection"), ("conv1", "1x1 branch"),
+                 ("conv3", "3x3 convolution"), ("conv5", f"{k}x{k} convolution"),
+                 ("pool", "max pooling")])
+    _title(fig, f"Inception module with dimension reductions (widths of {name})")
+    return fig
+
+
+def _legend(ax: Axes, entries: Sequence[tuple[str, str]], ncol: int | None = None) -> None:
+    """Colour swatches below the axes, one per (fill key, label)."""
+    handles = [Patch(fc=_FILL[key], ec="0.2", label=label) for key, label in entries]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+              ncol=ncol or len(handles), frameon=False, fontsize=9)
+
+
+# Where the auxiliary heads attach (the paper's and torchvision's GoogLeNet).
+_AUX_SOURCES = {"aux1": "inception4a", "aux2": "inception4d"}
+
+
+def _trace_layers(model: torch.nn.Module, image_size: int) -> list[tuple[str, torch.nn.Module,
+                                                                         tuple[int, ...]]]:
+    """(name, layer, output shape without the batch) for every top-level layer, in forward order.
+
+    Forward hooks record the eval-mode pass of one blank image; the aux heads, which run only in
+    training, are then fed the traced output of the module they attach to. Identity placeholders
+    (a stem's missing layers) are left out. The model's training mode is restored afterwards.
+    """
+    records = []
+
+    def record(name: str):
+        return lambda mod, args, out: records.append((name, mod, tuple(out.shape[1:])))
+
+    hooks = [child.register_forward_hook(record(name)) for name, child in model.named_children()
+             if not isinstance(child, torch.nn.Identity) and name not in _AUX_SOURCES]
+    first = next(model.parameters())
+    in_channels = getattr(model, "in_channels", None) or first.shape[1]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, image_size, image_size, device=first.device))
+            shapes = {name: shape for name, _, shape in records}
+            for aux, source in _AUX_SOURCES.items():
+                head = getattr(model, aux, None)
+                if head is not None and source in shapes:
+                    out = head(torch.zeros(1, *shapes[source], device=first.device))
+                    records.append((aux, head, tuple(out.shape[1:])))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return records
+
+
+def _describe_layer(layer: torch.nn.Module) -> tuple[str, str]:
+    """A short description of one top-level layer and the colour key it is drawn with."""
+    def first(v) -> int:
+        return v[0] if isinstance(v, tuple) else v
+
+    if hasattr(layer, "branch1"):  # widths: 1x1 | 3x3 reduce -> 3x3 | 5x5 reduce -> 5x5 | proj
+        b1, (r3, c3), (r5, c5), (_, proj) = (layer.branch1, layer.branch2, layer.branch3,
+                                             layer.branch4)
+        widths = (f"{_out_channels(b1)} | {_out_channels(r3)}→{_out_channels(c3)} | "
+                  f"{_out_channels(r5)}→{_out_channels(c5)} | {_out_channels(proj)}")
+        return widths, "inception"
+    if hasattr(layer, "fc2"):
+        return (f"pool to 4×4, 1×1 conv {_out_channels(layer.conv)}, "
+                f"fc {layer.fc1.out_features}, fc {layer.fc2.out_features}"), "aux"
+    if hasattr(layer, "conv"):
+        k, s = first(layer.conv.kernel_size), first(layer.conv.stride)
+        return f"conv {k}×{k}/{s}", "conv1"
+    if isinstance(layer, torch.nn.MaxPool2d):
+        k, s = first(layer.kernel_size), first(layer.stride)
+        return f"max pool {k}×{k}/{s}", "pool"
+    if isinstance(layer, torch.nn.AdaptiveAvgPool2d):
+        return "global average pool", "head"
+    if isinstance(layer, torch.nn.Dropout):
+        return f"dropout {layer.p:.0%}", "head"
+    if isinstance(layer, torch.nn.Linear):
+        return f"linear {layer.in_features}→{layer.out_features}", "head"
+    return type(layer).__name__, "head"
+
+
+def _size_text(shape: Sequence[int]) -> str:
+    """'channels×height×width' for a map, the length for a vector."""
+    return "×".join(str(n) for n in shape)
+
+
+def network_diagram(model: torch.nn.Module, image_size: int = 32, *,
+                    title: str | None = None) -> Figure:
+    """The whole network, top to bottom, with every layer's output size traced from the model.
+
+    Stem, the nine Inception modules, the pools between stages, the aux heads beside inception4a
+    and inception4d (when the model has them), global average pooling and the classifier. Sizes
+    are channels×height×width of one image, recorded by forward hooks.
+    """
+    records = _trace_layers(model, image_size)
+    main = [r for r in records if r[0] not in _AUX_SOURCES]
+    rows = [("input", None, (getattr(model, "in_channels", 3), image_size, image_size))] + main
+    pitch, height, main_w, aux_x, aux_w = 1.0, 0.74, 8.0, 4.8, 7.2
+    left = -main_w / 2
+    ys = {name: -pitch * i for i, (name, *_) in enumerate(rows)}
+    heads = [r for r in records if r[0] in _AUX_SOURCES]
+    right = aux_x + aux_w + 0.2 if heads else -left + 0.2
+    fig = _figure(12 if heads else 8, 0.34 * len(rows) + 1.6)
+    ax = fig.subplots()
+    for i, (name, layer, shape) in enumerate(rows):
+        kind, key = ("image", "input") if layer is None else _describe_layer(layer)
+        y = ys[name]
+        _box(ax, 0, y, "", _FILL[key], main_w, height, gid=name)
+        ax.text(left + 0.2, y, name, ha="left", va="center", fontsize=9, fontweight="bold")
+        ax.text(left + 2.2, y, kind, ha="left", va="center", fontsize=9)
+        ax.text(-left - 0.2, y, _size_text(shape), ha="right", va="center", fontsize=9,
+                gid=f"{name}:size")
+        if i:
+            _arrow(ax, (0, y + pitch - height / 2), (0, y + height / 2))
+    for aux, layer, shape in heads:
+        y = ys[_AUX_SOURCES[aux]]
+        kind, key = _describe_layer(layer)
+        _box(ax, aux_x + aux_w / 2, y, "", _FILL[key], aux_w, height, gid=aux)
+        ax.text(aux_x + 0.2, y, aux, ha="left", va="center", fontsize=9, fontweight="bold")
+        ax.text(aux_x + 1.0, y, kind, ha="left", va="center", fontsize=8.5)
+        ax.text(aux_x + aux_w - 0.2, y, _size_text(shape), ha="right", va="center",
+                fontsize=9, gid=f"{aux}:size")
+        _arrow(ax, (-left, y), (aux_x, y))
+    _stage_brackets(ax, rows, ys, left - 0.3)
+    ax.set(xlim=(left - 2.4, right), ylim=(ys[rows[-1][0]] - 0.7, 0.7))
+    ax.set_axis_off()
+    legend = [("conv1", "convolution (+BN, ReLU)"), ("pool", "max pooling"),
+              ("inception", "Inception: 1×1 | 3×3 reduce→3×3 | 5×5 reduce→5×5 | pool proj"),
+              ("aux", "aux head (training only)"), ("head", "classifier head")]
+    _legend(ax, legend if heads else [e for e in legend if e[0] != "aux"], ncol=3 if heads else 2)
+    arch = getattr(model, "arch", {})
+    name = getattr(model, "name", type(model).__name__)
+    detail = f", {arch['stem']} stem, width {arch['width']:g}" if "stem" in arch else ""
+    params = sum(p.numel() for p in model.parameters())
+    aux_params = sum(p.numel() for aux in _AUX_SOURCES if getattr(model, aux, None) is not None
+                     for p in getattr(model, aux).parameters())
+    counted = f"{params:,} parameters" + (f" ({params - aux_params:,} without the aux heads)"
+                                          if aux_params else "")
+    _title(fig, title or f"{name} on {image_size}×{image_size} input{detail}: {counted}",
+           "output sizes (channels×height×width) traced from the model with forward hooks")
+    return fig
+
+
+def _stage_brackets(ax: Axes, rows: list, ys: dict, x: float) -> None:
+    """A bracket left of each stage (stem, 3, 4, 5, head), labelled with its map size."""
+    def stage(name: str) -> str:
+        if name.startswith("inception"):
+            return f"stage {name[len('inception')]}"
+        return "head" if name in ("avgpool", "dropout", "fc") else ""
+
+    groups: dict[str, list] = {}
+    seen_module = False
+    for name, _, shape in rows[1:]:
+        seen_module = seen_module or name.startswith("inception")
+        label = stage(name) or ("stem" if not seen_module else "")
+        if label:
+            groups.setdefault(label, []).append((name, shape))
+    for label, members in groups.items():
+        top, bottom = ys[members[0][0]] + 0.35, ys[members[-1][0]] - 0.35
+        ax.plot([x, x - 0.15, x - 0.15, x], [top, top, bottom, bottom], color="0.35", lw=1)
+        shape = members[-1][1]
+        size = f"\n{shape[1]}×{shape[2]}" if label.startswith("stage") and len(shape) == 3 else ""
+        ax.text(x - 0.3, (top + bottom) / 2, f"{label}{size}", ha="right", va="center",
+                fontsize=9, color="0.25")

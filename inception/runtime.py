@@ -12,6 +12,8 @@ import random
 import numpy as np
 import torch
 
+from inception.errors import ConfigError
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -30,6 +32,36 @@ def seed_everything(seed: int) -> None:
 def default_device() -> torch.device:
     """The first CUDA GPU when there is one, otherwise the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: torch.device | str | None = None) -> torch.device:
+    """`device` as a torch.device that exists here, or a ConfigError naming the fix.
+
+    None means `default_device()`. Checked once, before any work, so a typo or a missing GPU is
+    one clear sentence rather than a CUDA traceback minutes into a run.
+    """
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {str(device)!r}: use cpu, cuda or cuda:N "
+                          "(N the GPU's index)") from None
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU "
+                              f"(torch {torch.__version__}): use --device cpu, or install a "
+                              "CUDA build of torch on a machine with an NVIDIA GPU")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ConfigError(f"device {str(device)!r} asked for, but there are only {count} "
+                              f"CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+        return resolved
+    if resolved.type == "mps" and torch.backends.mps.is_available():
+        return resolved
+    raise ConfigError(f"device {str(device)!r} is not supported here: use cpu or cuda")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -89,3 +121,40 @@ def describe_runtime(device: torch.device | str | None = None, precision: str = 
     else:
         where = f"{device.type} ({torch.get_num_threads()} threads)"
     return f"device: {where} | precision: {choose_precision(device, precision)}"
+
+
+def describe_machine() -> str:
+    """The CPU (or GPU) a measurement came from, e.g. 'AMD EPYC, 2 cores, AVX2, no native bf16'.
+
+    Results in this course are labelled with it, because the same run is 2x faster or slower
+    on another machine (and bf16 is fast only where the hardware has it).
+    """
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    name = "unknown CPU"
+    flags: set[str] = set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and name == "unknown CPU":
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:  # not Linux: fall back to what the platform module knows
+        import platform
+
+        name = platform.processor() or name
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"{name}, {os.cpu_count()} cores, {vector}, {bf16}"
+
+
+def brief_warnings() -> None:
+    """Print warnings as one line, 'UserWarning: message', without the file and line they came from.
+
+    In a notebook that location is a temporary file of the kernel (a long local path that means
+    nothing to a learner); the message itself names the problem and the fix.
+    """
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *_args, **_kw: (
+        f"{category.__name__}: {message}\n")

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,16 +23,21 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from inception.data import CifarData, DeviceLoader
-from inception.model import GoogLeNet, build_model, count_parameters, fold_batchnorm
+from inception.errors import CheckpointError, CheckpointNotFoundError, ConfigError, TrainingError
+from inception.model import MODELS, GoogLeNet, build_model, count_parameters, fold_batchnorm
 from inception.runtime import (
     autocast_dtype,
     choose_precision,
-    default_device,
     eval_batch_size,
+    resolve_device,
     seed_everything,
 )
 
 CHECKPOINT_FORMAT = "inception-checkpoint-v1"
+# What `load_checkpoint` needs, and what a resume needs on top (slim exports lack the latter).
+_LOAD_KEYS = ("model_name", "arch", "model", "ema", "config", "data", "epoch", "step",
+              "train_seconds", "precision", "device", "history")
+_RESUME_KEYS = (*_LOAD_KEYS, "ema_updates", "optimizer", "scaler", "loader", "rng")
 
 
 @dataclass(frozen=True)
@@ -63,22 +70,85 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        choices = dict(optimizer=("sgd", "adamw"), schedule=("onecycle", "cosine"),
-                       precision=("auto", "bf16", "fp16", "fp32"))
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1")
-        if self.budget_min is not None and self.budget_min <= 0:
-            raise ValueError(f"budget_min must be positive, got {self.budget_min}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup is a fraction of the run in [0, 1), got {self.warmup}")
+        validate_config(self)
 
     def build_model(self, num_classes: int) -> GoogLeNet:
         """The model this config trains, freshly initialised."""
         overrides = {} if self.width is None else {"width": self.width}
         return build_model(self.model, num_classes=num_classes, **overrides)
+
+
+# The one place a TrainConfig is checked (it runs on construction and on every `replace`).
+# Each numeric field: (integer?, lowest, highest, is the lowest allowed, is the highest allowed);
+# None as a bound means unbounded. Fields typed `X | None` may also be None.
+_NUMERIC_FIELDS: dict[str, tuple[bool, float | None, float | None, bool, bool]] = {
+    "width": (False, 0, None, False, False),
+    "epochs": (True, 1, None, True, False),
+    "budget_min": (False, 0, None, False, False),
+    "max_steps": (True, 1, None, True, False),
+    "batch_size": (True, 1, None, True, False),
+    "lr": (False, 0, None, False, False),
+    "momentum": (False, 0, 1, True, False),
+    "weight_decay": (False, 0, None, True, False),
+    "warmup": (False, 0, 1, True, False),
+    "label_smoothing": (False, 0, 1, True, False),
+    "aux_weight": (False, 0, None, True, False),
+    "ema_decay": (False, 0, 1, False, False),
+    "crop_padding": (True, 0, 31, True, True),  # the mirrored crop needs padding < 32 pixels
+    "cutout": (True, 0, 32, True, True),
+    "train_limit": (True, 1, None, True, False),  # 0 images cannot be trained on
+    "eval_limit": (True, 0, None, True, False),  # 0 skips validation
+    "seed": (True, 0, 2**32 - 1, True, True),  # NumPy's seed range
+}
+_CHOICES = dict(optimizer=("sgd", "adamw"), schedule=("onecycle", "cosine"),
+                precision=("auto", "bf16", "fp16", "fp32"))
+_OPTIONAL = {"width", "budget_min", "max_steps", "ema_decay", "train_limit", "eval_limit"}
+
+
+def _range_text(integer: bool, low, high, low_ok: bool, high_ok: bool) -> str:
+    kind = "an integer" if integer else "a finite number"
+    if high is None:
+        return f"{kind} {'>=' if low_ok else '>'} {low}"
+    return f"{kind} in {'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}"
+
+
+def _check_number(name: str, value, integer: bool, low, high, low_ok: bool,
+                  high_ok: bool) -> None:
+    """Raise a ConfigError unless `value` is a finite number (an int if asked) within bounds."""
+    is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    is_real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = (is_int if integer else is_real) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value >= low if low_ok else value > low
+    if ok and high is not None:
+        ok = value <= high if high_ok else value < high
+    if not ok:
+        raise ConfigError(f"TrainConfig.{name} must be "
+                          f"{_range_text(integer, low, high, low_ok, high_ok)}, got {value!r}")
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Check every field of a TrainConfig: choices, types, finiteness and ranges.
+
+    Called by `TrainConfig.__post_init__`, so no invalid config exists to be trained with: a NaN
+    learning rate or budget is refused here rather than training to NaN weights.
+    """
+    if config.model not in MODELS:
+        raise ConfigError(f"TrainConfig.model {config.model!r} is not a registered model; "
+                          f"choose one of {sorted(MODELS)}")
+    for name, allowed in _CHOICES.items():
+        if getattr(config, name) not in allowed:
+            raise ConfigError(f"TrainConfig.{name} must be one of {allowed}, "
+                              f"got {getattr(config, name)!r}")
+    for name in ("channels_last", "compile", "flip"):
+        if not isinstance(getattr(config, name), bool):
+            raise ConfigError(f"TrainConfig.{name} must be True or False, "
+                              f"got {getattr(config, name)!r}")
+    for name, rule in _NUMERIC_FIELDS.items():
+        value = getattr(config, name)
+        if value is None and name in _OPTIONAL:
+            continue
+        _check_number(name, value, *rule)
 
 
 # Each preset's non-default fields carry their reason.
@@ -130,7 +200,7 @@ def get_preset(name: str) -> TrainConfig:
     if name == "auto":
         name = "gpu" if torch.cuda.is_available() else "cpu"
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose auto, {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose auto, {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
@@ -221,32 +291,88 @@ def _validate(model: nn.Module, loader: DeviceLoader, dtype: torch.dtype | None)
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
     """Write a checkpoint atomically: a temp file in the same folder, then an atomic rename.
 
-    A crash mid-write leaves the previous checkpoint intact instead of a truncated file.
+    A crash mid-write leaves the previous checkpoint intact instead of a truncated file, and
+    a failed or interrupted write (full disk, Ctrl-C) removes its temp file too.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a Ctrl-C mid-write: leave no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def kept_aside(path: str | Path) -> list[Path]:
+    """Checkpoints fresh runs renamed aside from `path` (checkpoint-<time>.pt), newest first."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    found = path.parent.glob(f"{path.stem}-*{path.suffix}")
+    return sorted((p for p in found if p.is_file()), key=lambda p: p.stat().st_mtime,
+                  reverse=True)
+
+
+def _not_found_message(path: Path) -> str:
+    if path.is_dir():
+        inside = path / "checkpoint.pt"
+        hint = f"; did you mean {inside}?" if inside.is_file() else ""
+        return f"{path} is a folder, not a checkpoint file{hint}"
+    earlier = kept_aside(path)
+    if not earlier:
+        return (f"no checkpoint at {path}: train one first (python -m inception train) "
+                "or check the path")
+    listed = ", ".join(str(p) for p in earlier[:3]) + (" ..." if len(earlier) > 3 else "")
+    return (f"no checkpoint at {path}, but earlier runs' checkpoints were kept aside there "
+            f"(newest first): {listed}. Use one of those paths instead "
+            f"(python -m inception train --resume {earlier[0]}, or evaluate {earlier[0]})")
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type when the message is empty."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def require_checkpoint_file(path: str | Path) -> Path:
+    """`path` if it is a non-empty file; otherwise an error that says where to look instead.
+
+    A missing checkpoint whose folder holds kept-aside ones (checkpoint-<time>.pt, renamed by
+    a fresh run) lists them, so work that was moved aside is never mistaken for lost.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(_not_found_message(path))
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): it was never completely written. "
+                              "Delete it, and train again or use another checkpoint")
     return path
 
 
 def read_checkpoint(path: str | Path, map_location=None) -> dict:
     """Load a checkpoint dict with `weights_only=True` and check it is one of ours."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: train one first "
-                                "(python -m inception train) or check the path")
+    path = require_checkpoint_file(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, foreign pickle, objects weights_only refuses
-        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0]}). It may be truncated or not from "
-                         "this package; only load checkpoints you trust.") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({_first_line(err)}). "
+                              "It may be truncated or not from this package; only load "
+                              "checkpoints you trust.") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an inception checkpoint "
-                         f"(expected format {CHECKPOINT_FORMAT!r})")
+        raise CheckpointError(f"{path} is not an inception checkpoint "
+                              f"(expected format {CHECKPOINT_FORMAT!r})")
     return payload
+
+
+def _require_keys(path: str | Path, payload: dict, keys: tuple[str, ...], purpose: str) -> None:
+    missing = [k for k in keys if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path} cannot be used to {purpose}: it has no "
+                              f"{', '.join(missing)} (a slim or incomplete checkpoint). Use a "
+                              "checkpoint written by training, or start a new run")
 
 
 def _describe_arch(name: str, arch: dict) -> str:
@@ -254,14 +380,14 @@ def _describe_arch(name: str, arch: dict) -> str:
 
 
 def check_compatible(model: nn.Module, payload: dict) -> None:
-    """Raise a clear ValueError when a checkpoint was made for a different network."""
+    """Raise a clear CheckpointError when a checkpoint was made for a different network."""
     arch = getattr(model, "arch", None)
     if arch != payload["arch"]:
         have = _describe_arch(getattr(model, "name", "?"), arch) if arch else type(model).__name__
         want = _describe_arch(payload["model_name"], payload["arch"])
-        raise ValueError(f"checkpoint is for {want} but the model is {have}; build the model "
-                         "the checkpoint names, or "
-                         "use inception.load_checkpoint(path), which does that for you")
+        raise CheckpointError(f"checkpoint is for {want} but the model is {have}; build the "
+                              "model the checkpoint names, or use "
+                              "inception.load_checkpoint(path), which does that for you")
 
 
 def load_checkpoint(path: str | Path, map_location=None) -> tuple[GoogLeNet, dict]:
@@ -271,9 +397,15 @@ def load_checkpoint(path: str | Path, map_location=None) -> tuple[GoogLeNet, dic
     Metadata holds config, history (a DataFrame), data, epoch, step and train_seconds.
     """
     payload = read_checkpoint(path, map_location)
-    model = GoogLeNet(**payload["arch"])
+    _require_keys(path, payload, _LOAD_KEYS, "rebuild a model")
+    try:
+        model = GoogLeNet(**payload["arch"])
+        model.load_state_dict(payload["ema"] if payload["ema"] is not None else payload["model"])
+    except (ConfigError, TypeError, RuntimeError) as err:  # a damaged or hand-edited file
+        raise CheckpointError(f"{path} describes a network that cannot be rebuilt "
+                              f"({_first_line(err)}); it is damaged or not from this "
+                              "package: use another checkpoint") from None
     model.name = payload["model_name"]
-    model.load_state_dict(payload["ema"] if payload["ema"] is not None else payload["model"])
     meta = {k: payload[k] for k in ("config", "data", "epoch", "step", "train_seconds",
                                     "precision", "device")}
     meta["history"] = pd.DataFrame(payload["history"])
@@ -306,8 +438,17 @@ def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
     optimizer, EMA, RNG streams and history are restored, so on the CPU an interrupted and
     resumed run ends with the same weights as an uninterrupted one (budget-limited runs depend
     on wall time and are not bit-reproducible).
+
+    Everything a user can get wrong is checked before the first step: the device, the output
+    folder (created, and proved writable), and that the model has one output per class of
+    `data`. A loss or weights that become NaN or infinite stop the run with a TrainingError
+    and are never saved (see `_check_finite`), so the last good checkpoint survives.
     """
-    device = torch.device(device) if device is not None else default_device()
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
+    device = resolve_device(device)
+    if out_dir is not None:
+        prepare_out_dir(out_dir)
     precision = choose_precision(device, config.precision)
     dtype = autocast_dtype(precision)
     seed_everything(config.seed)
@@ -328,8 +469,8 @@ def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
                                 **{**common, "batch_size": eval_batch_size(device)})
                   if len(val_labels) else None)
     if len(train_loader) == 0:
-        raise ValueError(f"{len(train_loader.labels)} training images give no full batch of "
-                         f"{config.batch_size}; lower batch_size or raise train_limit")
+        raise ConfigError(f"{len(train_loader.labels)} training images give no full batch of "
+                          f"{config.batch_size}; lower batch_size or raise train_limit")
 
     optimizer = make_optimizer(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -340,6 +481,7 @@ def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
 
     if resume is not None:
         payload = read_checkpoint(resume, map_location=device)
+        _require_keys(resume, payload, _RESUME_KEYS, "resume training")
         check_compatible(model, payload)
         _check_same_run(payload["config"], config)
         model.load_state_dict(payload["model"])
@@ -353,16 +495,23 @@ def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
         history, epoch, step = payload["history"], payload["epoch"], payload["step"]
         train_seconds = payload["train_seconds"]
 
+    num_classes = getattr(model, "arch", {}).get("num_classes")
+    if num_classes is not None:  # after a resume's checks, which name the checkpoint's model
+        data.check_num_classes(num_classes)
     forward = torch.compile(model) if config.compile else model
     total_steps = config.epochs * len(train_loader)
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     budget_s = config.budget_min * 60 if config.budget_min else None
     checkpoint_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
-    if checkpoint_path is not None and checkpoint_path.exists() and resume is None:
-        kept = _keep_aside(checkpoint_path)  # a fresh run never overwrites earlier training
+    # A fresh run, or one resumed from another file, never overwrites earlier training.
+    resuming_here = (checkpoint_path is not None and resume is not None
+                     and Path(resume).resolve() == checkpoint_path.resolve())
+    if checkpoint_path is not None and checkpoint_path.exists() and not resuming_here:
+        kept = _keep_aside(checkpoint_path)
         if progress:
-            print(f"kept the earlier checkpoint as {kept}")
+            print(f"kept the earlier checkpoint as {kept} (this run writes a new "
+                  f"{checkpoint_path.name}; resume the earlier one with --resume {kept})")
     stopped_by = "epochs"
 
     if progress:
@@ -373,9 +522,11 @@ def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
               f"channels_last {config.channels_last} | compile {config.compile}")
         print(_table_row(None))
 
-    # A terminal redraws the bar in place; a notebook or a log file keeps every redraw, so
-    # there it refreshes rarely (a 15-minute run once kept 400 KB of progress text in 04).
-    refresh_s = 2.0 if sys.stdout.isatty() else 20.0
+    # A live bar where someone watches it redraw in place: a terminal or a notebook (`make
+    # course` collapses the redraws when it saves; a 15-minute run once kept 400 KB of them).
+    # A log file or CI would keep every redraw, so there only the epoch table is printed.
+    live_bar = progress and (sys.stdout.isatty() or "ipykernel" in sys.modules)
+    estimate_at = step + _ESTIMATE_STEPS  # after these steps, say how long the run will take
 
     def out_of_time(seconds: float) -> bool:
         return budget_s is not None and seconds >= budget_s
@@ -384,8 +535,8 @@ def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
         model.train()
         sums = torch.zeros(3, device=device)  # loss * n, correct, n: summed on the device
         epoch_start_step, t0 = step, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
-                   file=sys.stdout, mininterval=refresh_s, dynamic_ncols=True)
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not live_bar,
+                   file=sys.stdout, mininterval=2.0, dynamic_ncols=True)
         for x, y in bar:
             elapsed = train_seconds + time.perf_counter() - t0
             fraction = step / total_steps
@@ -406,8 +557,12 @@ def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
                 sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
                                      torch.tensor(len(y), device=device)])
             step += 1
+            if progress and step == estimate_at:  # one sync, once per run
+                _print_estimate(step - epoch_start_step, time.perf_counter() - t0, step,
+                                total_steps, train_seconds, budget_s, device)
             if progress and step % 50 == 0:  # an occasional sync for the bar, not every step
                 loss_sum, correct, n = sums.tolist()
+                _check_finite_loss(loss_sum, epoch + 1, checkpoint_path, config, precision)
                 rate = (step - epoch_start_step) * config.batch_size / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}",
                                 img_s=f"{rate:.0f}", refresh=False)
@@ -419,6 +574,7 @@ def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
                 break
         bar.close()
         loss_sum, correct, n = sums.tolist()  # the epoch's one host sync
+        _check_finite_loss(loss_sum, epoch + 1, checkpoint_path, config, precision)
         seconds = time.perf_counter() - t0
         train_seconds += seconds
         epoch += 1
@@ -431,6 +587,7 @@ def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
         if progress:
             tqdm.write(_table_row(history[-1]), file=sys.stdout)
         if checkpoint_path is not None:
+            _check_finite_weights(model, ema, epoch, checkpoint_path, config, precision)
             save_checkpoint(checkpoint_path, dict(
                 format=CHECKPOINT_FORMAT, model_name=getattr(model, "name", config.model),
                 arch=model.arch, model=model.state_dict(),
@@ -449,6 +606,95 @@ def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
               f"{train_seconds:.0f} s of training")
     return TrainResult(ema.module if ema is not None else model, pd.DataFrame(history),
                        checkpoint_path, device, precision, train_seconds, stopped_by)
+
+
+# Non-finite values. A NaN or inf in the loss or the weights only grows: one bad step makes every
+# later one NaN, and the BatchNorm running statistics keep it for good. Checking every step
+# would cost a host sync per step (a GPU stall), so the checks ride on syncs that happen anyway:
+# the loss summed on the device is read once per epoch (and every 50 steps for the progress
+# bar), where one NaN step makes the whole sum NaN; and before each checkpoint is written, every
+# parameter and buffer is tested in one batched reduction. A diverged epoch is never saved.
+
+
+def prepare_out_dir(out_dir: str | Path) -> Path:
+    """Create `out_dir` if needed and prove a file can be written in it, before any training.
+
+    Finding out after the first epoch (minutes or hours in) that the folder is a file, or
+    read-only, would lose that epoch; this makes it an immediate ConfigError instead.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"the output folder {out} is a file, not a folder: choose a folder "
+                          "for checkpoint.pt (--out; it is created when missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(f"cannot write to the output folder {out} ({reason}): choose a "
+                          "folder you can write to (--out)") from None
+    return out
+
+
+def _diverged(what: str, epoch: int, checkpoint_path: Path | None, config: TrainConfig,
+              precision: str) -> TrainingError:
+    if checkpoint_path is not None and checkpoint_path.exists():
+        kept = f"the last good checkpoint, {checkpoint_path}, is kept"
+    else:
+        kept = "no earlier epoch of this run was saved"
+    fp32 = "" if precision == "fp32" else f", or train in fp32 instead of {precision}"
+    return TrainingError(f"training diverged in epoch {epoch}: {what}. Nothing from this epoch "
+                         f"was saved and {kept}. Start a new run with a lower learning rate "
+                         f"(lr is {config.lr}){fp32}")
+
+
+def _check_finite_loss(loss_sum: float, epoch: int, checkpoint_path: Path | None,
+                       config: TrainConfig, precision: str) -> None:
+    if not math.isfinite(loss_sum):
+        raise _diverged(f"the training loss became {loss_sum}", epoch, checkpoint_path, config,
+                        precision)
+
+
+def nonfinite_tensors(module: nn.Module) -> list[str]:
+    """Names of the parameters and buffers holding NaN or inf (one host sync for all of them)."""
+    named = [(n, t) for n, t in module.state_dict().items() if t.is_floating_point()]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    return [n for (n, _), ok in zip(named, finite, strict=True) if not ok]
+
+
+def _check_finite_weights(model: nn.Module, ema: ModelEMA | None, epoch: int,
+                          checkpoint_path: Path | None, config: TrainConfig,
+                          precision: str) -> None:
+    bad = nonfinite_tensors(model) + (nonfinite_tensors(ema.module) if ema is not None else [])
+    if bad:
+        names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise _diverged(f"the weights hold NaN or inf ({names})", epoch, checkpoint_path, config,
+                        precision)
+
+
+# Steps timed before `fit` prints its estimate: past the slow first steps (kernel selection,
+# allocator warm-up), early enough that the learner can still decide to stop.
+_ESTIMATE_STEPS = 20
+
+
+def _print_estimate(steps: int, seconds: float, step: int, total_steps: int,
+                    trained_s: float, budget_s: float | None, device: torch.device) -> None:
+    """One line: the measured seconds per step, and when the run will end (steps or budget)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the clock must include the queued GPU work
+    per_step = seconds / steps
+    by_steps = trained_s + seconds + per_step * (total_steps - step)
+    if budget_s is not None and budget_s < by_steps:
+        when = (f"the {budget_s / 60:.0f}-minute budget ends it after about "
+                f"{step + (budget_s - trained_s - seconds) / per_step:,.0f} of {total_steps:,} "
+                "planned steps")
+    else:
+        when = f"{total_steps:,} steps take about {by_steps / 60:.1f} minutes of training"
+    tqdm.write(f"estimate from {steps} timed steps: {per_step:.3f} s per step, so {when} "
+               "(plus validation after each epoch)", file=sys.stdout)
 
 
 def _keep_aside(path: Path) -> Path:
@@ -484,8 +730,8 @@ def _check_same_run(saved: dict, config: TrainConfig) -> None:
               if f.name not in _RESUMABLE_CHANGES and saved.get(f.name) != now[f.name]]
     if differ:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in differ)
-        raise ValueError(f"cannot resume: the config differs from the checkpoint's ({detail}). "
-                         "Resume with the same config, or start a new run")
+        raise CheckpointError(f"cannot resume: the config differs from the checkpoint's "
+                              f"({detail}). Resume with the same config, or start a new run")
 
 
 def _rng_state() -> dict:

@@ -13,7 +13,7 @@ def test_help_lists_every_option(capsys):
     for option in ("--preset", "--epochs", "--budget-min", "--max-steps", "--data", "--out",
                    "--resume", "--synthetic", "--seed", "--device"):
         assert option in text
-    assert "{auto,quick,cpu,gpu}" in text
+    assert "{auto,quick,cpu,reference,gpu}" in text
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     text = capsys.readouterr().out

@@ -13,6 +13,7 @@ from inception.evaluate import (
     Predictions,
     accuracy,
     branch_ablation,
+    calibration,
     confusion_matrix,
     evaluate,
     misclassified,
@@ -244,3 +245,22 @@ def test_branch_ablation_rejects_unknown_module_listing_valid_names(synthetic):
     with pytest.raises(ValueError, match="no Inception module 'inception6a'.*inception3a.*"
                                          "inception5b"):
         branch_ablation(_small_googlenet(), synthetic, "inception6a", device="cpu")
+
+
+def test_calibration_table_reproduces_torchmetrics_ece_and_a_hand_worked_case():
+    # Four predictions: confident and right (0.9), unsure and wrong (0.5), confident and wrong
+    # (0.8), fairly sure and right (0.7). With 10 bins ([0.5, 0.6) ...) each sits alone, so
+    # the ECE by hand is (|1-0.9| + |0-0.5| + |0-0.8| + |1-0.7|) / 4 = 0.425.
+    probs = torch.tensor([[0.90, 0.05, 0.05], [0.40, 0.50, 0.10],
+                          [0.10, 0.10, 0.80], [0.20, 0.70, 0.10]])
+    ece, table = calibration(Predictions(torch.tensor([0, 0, 1, 1]), probs), n_bins=10)
+    assert ece == pytest.approx(0.425, abs=1e-6)
+    assert table["images"].tolist() == [1, 1, 1, 1]
+    assert table["accuracy"].tolist() == [0.0, 1.0, 0.0, 1.0]  # bins 0.5, 0.7, 0.8, 0.9
+    # On many random predictions the table's weighted gap is torchmetrics' ECE.
+    g = torch.Generator().manual_seed(0)
+    probs = torch.randn(2000, 10, generator=g).mul(2).softmax(dim=1)
+    labels = torch.randint(0, 10, (2000,), generator=g)
+    ece, table = calibration(Predictions(labels, probs), n_bins=15)
+    gap = (table.accuracy - table.confidence).abs() * table.images
+    assert gap.sum() / table.images.sum() == pytest.approx(ece, abs=1e-6)

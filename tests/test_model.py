@@ -37,8 +37,14 @@ def _stage_sizes(model: GoogLeNet, side: int) -> dict[str, int]:
 
 
 def test_cifar_stem_keeps_32_16_8_through_stages():
-    sizes = _stage_sizes(build_model("googlenet_cifar_small"), 32)
+    sizes = _stage_sizes(build_model("googlenet_cifar", width=0.25), 32)
     assert sizes == {"stem": 32, "stage3": 32, "stage4": 16, "stage5": 8}
+
+
+def test_cifar16_stem_scales_the_paper_28_14_7_to_16_8_4():
+    # The paper's stem takes 224 to 28 (1/8); cifar16 takes 32 to 16, and the stages halve on.
+    sizes = _stage_sizes(build_model("googlenet_cifar_small"), 32)
+    assert sizes == {"stem": 16, "stage3": 16, "stage4": 8, "stage5": 4}
 
 
 def test_imagenet_stem_matches_paper_table_at_224():
@@ -69,7 +75,7 @@ def test_registered_parameter_counts():
     assert counts == {
         "googlenet": (5_991_082, 10_341_566),
         "googlenet_cifar": (5_871_914, 10_222_398),
-        "googlenet_cifar_small": (381_882, 658_254),
+        "googlenet_cifar_small": (1_510_954, 2_604_350),  # cifar16 stem, width 0.5
     }
     for name, (deployed, _) in counts.items():
         built = count_parameters(build_model(name, aux_logits=False))

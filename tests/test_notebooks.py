@@ -18,8 +18,13 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _text(value: str | list[str]) -> str:
+    """Notebook JSON stores text as one string or as a list of lines."""
+    return "".join(value)
+
+
 def _source(cell: dict) -> str:
-    return "".join(cell["source"])
+    return _text(cell["source"])
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -38,19 +43,40 @@ def test_notebook_opens_with_badge_and_setup_from_the_one_repo_url(path):
     assert colab_links == {SLUG}, f"badges in {path.name} point at {colab_links}"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_metadata_asks_colab_for_a_gpu(path):
-    meta = _load(path)["metadata"]
-    assert meta["accelerator"] == "GPU" and "colab" in meta
-    assert meta["kernelspec"]["name"] == "python3"
+def _code(nb: dict) -> str:
+    return "\n".join(_source(c) for c in nb["cells"] if c["cell_type"] == "code")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_ends_with_lessons_and_exercises_with_solutions(path):
+def test_only_notebooks_that_train_ask_colab_for_a_gpu(path):
+    # A GPU runtime costs a free-tier Colab user quota; a notebook that never trains runs on a CPU.
+    nb = _load(path)
+    meta = nb["metadata"]
+    trains = re.search(r"\bfit\(", _code(nb)) is not None
+    assert (meta.get("accelerator") == "GPU") == trains, (
+        f"{path.name} {'trains' if trains else 'does not train'}, so it should "
+        f"{'' if trains else 'not '}ask Colab for a GPU")
+    assert "colab" in meta and meta["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_ends_with_lessons_exercises_and_linked_references(path):
     cells = _load(path)["cells"]
-    assert "What we learned" in _source(cells[-2])
-    exercises = _source(cells[-1])
+    assert "What we learned" in _source(cells[-3])
+    exercises = _source(cells[-2])
     assert "Exercises" in exercises and exercises.count("<details>") >= 3
+    references = _source(cells[-1])
+    assert references.startswith("## References")
+    assert "https://arxiv.org/abs/1409.4842" in references  # the paper, in every notebook
+    entries = [e for e in references.split("\n- ")[1:]]
+    assert entries and all("](http" in e for e in entries), "every reference carries a link"
+
+
+def test_nbval_check_output_is_explained_once_in_the_first_notebook():
+    explained = [p.name for p in NOTEBOOKS if any(
+        c["cell_type"] == "markdown" and "NBVAL_CHECK_OUTPUT" in _source(c)
+        for c in _load(p)["cells"])]
+    assert explained == [NOTEBOOKS[0].name]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -64,5 +90,44 @@ def test_notebook_is_lean_and_checks_its_deterministic_outputs(path):
     assert all(c.get("execution_count") for c in code), "commit notebooks with their outputs"
     for cell in code:
         for out in cell.get("outputs", []):
-            assert out.get("output_type") != "error", f"an error output is committed in {path}"
             assert "image/svg+xml" not in out.get("data", {}), "figures are stored as PNG"
+
+
+# What a committed output must never show: this machine's paths (a home or work directory, a temp
+# file, the kernel's ipykernel_<pid> scratch files that warnings point at).
+LOCAL_PATH = re.compile(r"/work/|/home/|/Users/|/root/|/tmp/|/var/folders/|[A-Za-z]:\\Users\\|"
+                        r"ipykernel_\d+")
+MAX_STREAM_BYTES = 8_000  # printed text per cell: a table or a summary, not a log
+
+
+def _output_texts(out: dict) -> list[str]:
+    """The human-readable text of one output: a stream, an error, or text/* display data."""
+    if out["output_type"] == "stream":
+        return [_text(out["text"])]
+    if out["output_type"] == "error":
+        return [out.get("ename", ""), out.get("evalue", ""), *out.get("traceback", [])]
+    return [_text(value) for key, value in out.get("data", {}).items()
+            if key.startswith("text/")]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_outputs_show_no_local_path_no_error_and_no_long_log(path):
+    problems = []
+    for number, cell in enumerate(_load(path)["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        outputs = cell.get("outputs", [])
+        for out in outputs:
+            if out["output_type"] == "error":
+                problems.append(f"cell {number}: error output {out.get('ename')}")
+            for text in _output_texts(out):
+                if match := LOCAL_PATH.search(text):
+                    start = max(0, match.start() - 40)
+                    problems.append(f"cell {number}: local path in output: "
+                                    f"...{text[start:match.end() + 40]!r}")
+        printed = sum(len(_text(o["text"]).encode())
+                      for o in outputs if o["output_type"] == "stream")
+        if printed > MAX_STREAM_BYTES:
+            problems.append(f"cell {number}: {printed:,} bytes of printed text "
+                            f"(limit {MAX_STREAM_BYTES:,})")
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)

@@ -21,6 +21,7 @@ from inception.evaluate import (  # noqa: E402
     misclassified,
     per_class_report,
 )
+from inception.model import Inception, build_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,3 +154,64 @@ def test_no_library_module_imports_plots_or_matplotlib():
         assert not top & {"matplotlib", "seaborn"}, path.name
         assert not any(name.endswith(".plots") or name == "plots"
                        for name in _imports(path)), path.name
+
+
+def _traced_sizes(model: torch.nn.Module, side: int) -> dict[str, str]:
+    """Every non-Identity top-level layer's output size, 'C×H×W', from hooks of our own."""
+    sizes = {}
+    hooks = [child.register_forward_hook(
+                 lambda mod, args, out, name=name: sizes.__setitem__(
+                     name, "×".join(map(str, out.shape[1:]))))
+             for name, child in model.named_children()
+             if not isinstance(child, torch.nn.Identity)]
+    with torch.no_grad():
+        model.train()(torch.zeros(2, 3, side, side))  # training mode: the aux heads run too
+    for hook in hooks:
+        hook.remove()
+    return sizes
+
+
+@pytest.mark.parametrize("name, stem, width", [("googlenet_cifar", "cifar", 0.25),
+                                                ("googlenet_cifar_small", "cifar16", 0.5)])
+def test_network_diagram_draws_the_sizes_a_traced_model_produces(name, stem, width):
+    torch.manual_seed(0)
+    model = build_model(name, stem=stem, width=width)
+    expected = _traced_sizes(model, 32)
+    assert expected["inception3a"].endswith("×32×32" if stem == "cifar" else "×16×16")
+    model.eval()
+    fig = plots.network_diagram(model, image_size=32)
+    assert not model.training  # the trace restores the mode it found
+    ax = fig.axes[0]
+    drawn = {t.get_gid().removesuffix(":size"): t.get_text() for t in ax.texts
+             if t.get_gid() and t.get_gid().endswith(":size")}
+    assert drawn.pop("input") == "3×32×32"
+    assert drawn == expected  # every layer, both aux heads included, and nothing else
+    boxes = [p.get_gid() for p in ax.patches if p.get_gid()]
+    assert sum(b.startswith("inception") for b in boxes) == 9
+    assert sorted(b for b in boxes if b.startswith("aux")) == ["aux1", "aux2"]
+    stem_layers = {"cifar": ["conv1"], "cifar16": ["conv1", "maxpool1", "conv2", "conv3"]}[stem]
+    assert [b for b in boxes if b.startswith(("conv", "maxpool1", "maxpool2"))] == stem_layers
+    assert f"{stem} stem" in fig.get_suptitle() and f"width {width:g}" in fig.get_suptitle()
+    _check(fig, None)
+
+
+def test_network_diagram_without_aux_heads_at_224():
+    model = build_model("googlenet", num_classes=1000, aux_logits=False)
+    fig = plots.network_diagram(model, image_size=224)
+    sizes = {t.get_gid(): t.get_text() for t in fig.axes[0].texts if t.get_gid()}
+    assert sizes["inception3a:size"] == "256×28×28" and sizes["inception5b:size"] == "1024×7×7"
+    assert sizes["fc:size"] == "1000"  # the paper's Table 1, read off the drawing
+    assert not any(p.get_gid() in ("aux1", "aux2") for p in fig.axes[0].patches)
+    _check(fig, None)
+
+
+def test_inception_module_diagram_shows_the_modules_widths():
+    fig = plots.inception_module_diagram(Inception(192, 64, 96, 128, 16, 32, 32), side=28)
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    for label in ("28x28x192", "28x28x256", "1x1 conv, 96", "3x3 conv, 128", "5x5 conv, 32",
+                  "1x1 conv, 16", "1x1 conv, 32\n(pool proj)"):
+        assert label in texts
+    three = plots.inception_module_diagram(Inception(192, 64, 96, 128, 16, 32, 32,
+                                                     five_by_five=False), side=28)
+    assert "3x3 conv, 32" in " ".join(t.get_text() for t in three.axes[0].texts)
+    _check(fig, None)
