@@ -32,7 +32,6 @@ from inception.train import (
     kept_aside,
     load_checkpoint,
     prepare_out_dir,
-    read_checkpoint,
     require_checkpoint_file,
 )
 from inception.weights import export_weights, get_weights, verify, write_record
@@ -230,9 +229,7 @@ def _export(args: argparse.Namespace) -> None:
     extra = dict(item.split("=", 1) for item in args.set if "=" in item)
     if len(extra) != len(args.set):
         raise ValueError(f"--set takes KEY=VALUE, got {args.set}")
-    payload = read_checkpoint(args.checkpoint, map_location="cpu")
-    out = args.into / f"{payload['model_name']}-{args.name}.pt"
-    export_weights(args.checkpoint, out)
+    out = export_weights(args.checkpoint, args.into, args.name)
     model, meta = load_checkpoint(out, map_location="cpu")  # measure the file that ships
     data = _data_of(meta["data"], args.data)
     scores = {}
@@ -243,7 +240,7 @@ def _export(args: argparse.Namespace) -> None:
     config = meta["config"]
     preset = _preset_of(config)
     record = write_record(out, dict(
-        model=payload["model_name"], weights=args.name, arch=model.arch,
+        model=model.name, weights=args.name, arch=model.arch,
         classes=list(data.classes), mean=list(data.mean), std=list(data.std), **scores,
         data_source=args.data_source or data.title, preset=preset, config=config,
         epochs=meta["epoch"], steps=meta["step"],

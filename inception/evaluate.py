@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from inception.data import CifarData, DeviceLoader
+from inception.explain import forward_hooks
 from inception.model import Inception, fold_batchnorm
 from inception.runtime import (
     autocast_dtype,
@@ -220,6 +221,43 @@ def calibration(predictions: Predictions, n_bins: int = 15) -> tuple[float, pd.D
     return ece, table
 
 
+def with_temperature(predictions: Predictions, temperature: float) -> Predictions:
+    """The same predictions with every logit divided by `temperature` (Guo et al., 2017).
+
+    log-probabilities are the logits up to a per-image constant, which softmax ignores, so
+    the stored probabilities suffice. T > 1 softens them, T < 1 sharpens them; the predicted
+    class, and so the accuracy, never changes.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    logits = predictions.probs.double().clamp(min=1e-12).log()
+    return Predictions(predictions.labels, (logits / temperature).softmax(dim=1).float())
+
+
+def fit_temperature(predictions: Predictions) -> float:
+    """The temperature that minimises the cross-entropy of `predictions` (fit it on validation).
+
+    One number says which way a model errs: above 1 it is overconfident (its probabilities need
+    softening), below 1 underconfident. A 1-D convex problem, so a bounded search over log T
+    (golden section, 0.05 <= T <= 20) finds it exactly enough without an optimiser.
+    """
+    logits = predictions.probs.double().clamp(min=1e-12).log()
+
+    def nll(log_t: float) -> float:
+        return nn.functional.cross_entropy(logits / torch.exp(torch.tensor(log_t)),
+                                           predictions.labels).item()
+
+    lo, hi = torch.log(torch.tensor(0.05)).item(), torch.log(torch.tensor(20.0)).item()
+    ratio = (5 ** 0.5 - 1) / 2
+    for _ in range(60):  # shrinks the bracket by 0.618^60: far below any meaningful digit
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if nll(a) < nll(b):
+            hi = b
+        else:
+            lo = a
+    return float(torch.exp(torch.tensor((lo + hi) / 2)))
+
+
 @dataclass(repr=False)
 class EvalReport:
     """Everything `evaluate` measured on one split, with the label of the data it came from."""
@@ -279,11 +317,9 @@ def silence_branch(module: Inception, branch: str) -> Iterator[None]:
     """Inside the block, `branch` of an Inception module outputs zeros (its channel slice)."""
     if branch not in BRANCHES:
         raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
-    handle = getattr(module, branch).register_forward_hook(_zero_output)
-    try:
+    # The same hook mechanism as explain's captures: removed on leaving, even on an error.
+    with forward_hooks([(getattr(module, branch), _zero_output)]):
         yield
-    finally:  # a hook left behind would silently corrupt every later forward pass
-        handle.remove()
 
 
 def _inception_module(model: nn.Module, name: str) -> Inception:

@@ -318,6 +318,31 @@ def misclassified_gallery(images: Tensor, table: pd.DataFrame, classes: Sequence
     return fig
 
 
+def reliability_diagram(curves: dict[str, tuple[float, pd.DataFrame]], *, source: str) -> Figure:
+    """Accuracy against confidence per bin, one line per named (ECE, table) from `calibration`.
+
+    Left: points on the diagonal are honest, below it overconfident, above it underconfident.
+    Right: how many images each bin holds, so a reader can see which bins the ECE weighs most.
+    """
+    fig = _figure(11, 4.6)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
+    left.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    for (name, (ece, table)), colour in zip(curves.items(), sns.color_palette(), strict=False):
+        left.plot(table.confidence, table.accuracy, marker="o", color=colour,
+                  label=f"{name} (ECE {ece:.2%})")
+        width = 1 / max(len(table), 1) * 0.9 if len(table) else 0.05
+        right.bar(table.confidence, table.images, width=min(width, 0.06), alpha=0.6,
+                  color=colour, label=name)
+    left.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="mean confidence in the bin",
+             ylabel="accuracy in the bin")
+    left.legend(loc="upper left", fontsize=9)
+    right.set(xlim=(0, 1.02), xlabel="confidence", ylabel="images")
+    right.set_yscale("log")
+    right.legend(loc="upper left", fontsize=9)
+    _title(fig, "Reliability diagram: is the model as sure as it is right?", source)
+    return fig
+
+
 def branch_ablation_bars(table: pd.DataFrame, *, source: str,
                          module: str = "inception4c") -> Figure:
     """Accuracy drop (percentage points) when each branch of one module is silenced."""
@@ -568,3 +593,211 @@ def _stage_brackets(ax: Axes, rows: list, ys: dict, x: float) -> None:
         size = f"\n{shape[1]}×{shape[2]}" if label.startswith("stage") and len(shape) == 3 else ""
         ax.text(x - 0.3, (top + bottom) / 2, f"{label}{size}", ha="right", va="center",
                 fontsize=9, color="0.25")
+
+
+# ---------------------------------------------------------------------------------------------
+# What the network learned (notebook 06): filters, branch maps and energy, dataset examples,
+# attribution overlays, effective receptive fields and the feature space. The measurements come
+# from `inception.explain`; these functions only draw them.
+
+
+def first_layer_filters(weight: Tensor, *, source: str, ncols: int = 8) -> Figure:
+    """Each first-layer filter (out, 3, k, k) as a small RGB image, grey where the weight is 0.
+
+    Every filter is scaled by its own largest weight: BatchNorm follows the convolution, so a
+    filter's shape (which colours and directions it weighs) matters, not its size.
+    """
+    w = weight.detach().float().cpu()
+    scale = w.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12)
+    pixels = (0.5 + 0.5 * w / scale).permute(0, 2, 3, 1).numpy()
+    n, ncols = len(pixels), max(1, min(ncols, len(pixels)))
+    fig = _figure(1.1 * ncols, 1.15 * math.ceil(n / ncols) + 0.8)
+    for i, ax in enumerate(_cells(fig, n, ncols)):
+        _show(ax, pixels[i])
+        ax.set_title(str(i), fontsize=8)
+    k = w.shape[-1]
+    _title(fig, f"The {n} first-layer filters ({k}×{k}, RGB; grey = 0, each scaled to its own "
+                "largest weight)", source)
+    return fig
+
+
+def branch_feature_maps(images: Tensor, maps: dict[str, Tensor], *, source: str,
+                        module: str = "inception3a") -> Figure:
+    """Per image (a row): the image, then for each branch its most active channel's map.
+
+    `maps` holds one (N, C, h, w) output per branch, keyed by the label to show ('1x1', ...).
+    The most active channel is the one with the largest mean activation on that image.
+    """
+    pixels = _to_display(images, None, None)
+    fig = _figure(1.7 * (len(maps) + 1), 1.75 * len(pixels) + 0.8)
+    axes = fig.subplots(len(pixels), len(maps) + 1, squeeze=False)
+    for row, image in zip(axes, pixels, strict=True):
+        _show(row[0], image)
+    axes[0, 0].set_title("image", fontsize=9)
+    for col, (label, out) in enumerate(maps.items(), start=1):
+        out = out.detach().float().cpu()
+        strongest = out.mean(dim=(2, 3)).argmax(dim=1)
+        for i, ax in enumerate(axes[:, col]):
+            ax.imshow(out[i, strongest[i]].numpy(), cmap="viridis", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(f"channel {strongest[i].item()}", fontsize=7)
+        axes[0, col].set_title(f"{label}\n({out.shape[1]} ch, {out.shape[2]}×{out.shape[3]})",
+                               fontsize=9)
+    _title(fig, f"The four branches of {module}: each one's most active channel", source)
+    return fig
+
+
+_BRANCH_COLOURS = dict(zip(("branch1", "branch2", "branch3", "branch4"),
+                           sns.color_palette("deep", 4), strict=True))
+
+
+def branch_energy_chart(table: pd.DataFrame, *, source: str) -> Figure:
+    """Left: each branch's share of every module's activation energy (stacked to 100%).
+
+    Right: that share over the branch's share of the channels, so 1 means an average channel;
+    above 1 the branch's channels carry more than their number suggests.
+    """
+    modules = list(dict.fromkeys(table.module))
+    fig = _figure(12, 4.8)
+    with sns.axes_style("whitegrid"):
+        left, right = fig.subplots(1, 2)
+    y = np.arange(len(modules))[::-1]
+    start = np.zeros(len(modules))
+    for branch, rows in table.groupby("branch", sort=True):
+        share = rows.set_index("module").share.reindex(modules).to_numpy()
+        ratio = (rows.set_index("module").share / rows.set_index("module").channel_share)
+        label = f"{branch} ({rows.path.iloc[0]})"
+        left.barh(y, 100 * share, left=100 * start, color=_BRANCH_COLOURS.get(branch),
+                  label=label, height=0.7)
+        start += share
+        right.plot(ratio.reindex(modules).to_numpy(), y, marker="o",
+                   color=_BRANCH_COLOURS.get(branch), label=label)
+    left.set_yticks(y, modules)
+    left.set(xlim=(0, 100), xlabel="share of the module's activation energy (%)",
+             ylabel="Inception module (network order, top to bottom)")
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False,
+                fontsize=9)
+    right.axvline(1, color="grey", lw=1, ls="--")
+    right.set_yticks(y, modules)
+    right.set(xlabel="energy share ÷ channel share", ylabel="Inception module")
+    _title(fig, "Which branch carries the activation energy, module by module", source)
+    return fig
+
+
+def top_activating_grid(images: Tensor, indices: Tensor, channels: Sequence[int], *,
+                        labels: Tensor, classes: Sequence[str], layer: str,
+                        source: str) -> Figure:
+    """One row per channel: the images (uint8) that activate it most, most active first."""
+    indices = torch.as_tensor(indices).cpu()
+    rows, k = indices.shape
+    fig = _figure(1.0 * k + 1.0, 1.15 * rows + 0.8)
+    axes = fig.subplots(rows, k, squeeze=False)
+    for r, (channel, picks) in enumerate(zip(channels, indices, strict=True)):
+        pixels = _to_display(images[picks], None, None)
+        for j, ax in enumerate(axes[r]):
+            _show(ax, pixels[j])
+            ax.set_title(classes[int(labels[picks[j]])], fontsize=7, pad=2)
+        axes[r, 0].set_ylabel(f"channel {channel}", rotation=0, ha="right", va="center",
+                              fontsize=9)
+    _title(fig, f"The {k} test images that activate each channel of {layer} most", source)
+    return fig
+
+
+def attribution_overlays(images: Tensor, maps: dict[str, Tensor], *, labels: Sequence[int],
+                         preds: Sequence[int], classes: Sequence[str], source: str,
+                         title: str = "Where the network looks") -> Figure:
+    """Per image (a row): the image, then each named (N, H, W) map laid over it.
+
+    Maps are scaled per image. A column with negative values (occlusion: covering the region
+    raised the score) uses a diverging map, red for support and blue for the opposite; a
+    non-negative column (Grad-CAM) uses one colour ramp. Rows of wrong predictions are red.
+    """
+    pixels = _to_display(images, None, None)
+    labels, preds = [int(v) for v in labels], [int(v) for v in preds]
+    fig = _figure(1.6 * (len(maps) + 1), 1.65 * len(pixels) + 0.8)
+    axes = fig.subplots(len(pixels), len(maps) + 1, squeeze=False)
+    for i, row in enumerate(axes):
+        _show(row[0], pixels[i])
+        wrong = labels[i] != preds[i]
+        row[0].set_ylabel(f"{classes[labels[i]]}\n→ {classes[preds[i]]}", fontsize=8,
+                          color=_WRONG if wrong else _RIGHT, rotation=0, ha="right",
+                          va="center")
+    axes[0, 0].set_title("image", fontsize=9)
+    for col, (name, values) in enumerate(maps.items(), start=1):
+        values = values.detach().float().cpu()
+        signed = bool((values < 0).any())
+        for i, ax in enumerate(axes[:, col]):
+            m = values[i]
+            top = m.abs().max().clamp(min=1e-12).item()
+            _show(ax, pixels[i])
+            ax.imshow(m.numpy(), cmap="RdBu_r" if signed else "inferno", alpha=0.6,
+                      vmin=-top if signed else 0, vmax=top, interpolation="bilinear")
+        axes[0, col].set_title(name, fontsize=9)
+    _title(fig, f"{title} (row labels: true → predicted, red when wrong)", source)
+    return fig
+
+
+def _square(ax: Axes, cy: float, cx: float, side: float, **style) -> None:
+    """The outline of a side x side pixel square centred on (cy, cx), in image coordinates."""
+    h = side / 2
+    ys = [cy - h, cy - h, cy + h, cy + h, cy - h]
+    xs = [cx - h, cx + h, cx + h, cx - h, cx - h]
+    ax.plot(xs, ys, **style)
+
+
+def erf_heatmaps(erfs: dict[str, Tensor], *, rfs: dict[str, int], extents: dict[str, int],
+                 source: str, mass: float = 0.95, ncols: int = 5) -> Figure:
+    """Each effective receptive field as a heatmap, with two squares around its centre of mass.
+
+    Dashed: the theoretical receptive field (often larger than the image, then only noted).
+    Solid: the smallest square holding `mass` of the ERF. Keys of the three dicts match.
+    """
+    n, ncols = len(erfs), max(1, min(ncols, len(erfs)))
+    fig = _figure(2.5 * ncols, 2.7 * math.ceil(n / ncols) + 0.9)
+    for ax, (name, erf) in zip(_cells(fig, n, ncols), erfs.items(), strict=True):
+        e = erf.detach().double().cpu()
+        h, w = e.shape
+        weights = e / e.sum()
+        cy = (weights.sum(dim=1) * torch.arange(h)).sum().item()
+        cx = (weights.sum(dim=0) * torch.arange(w)).sum().item()
+        ax.imshow(e.numpy(), cmap="magma", interpolation="nearest")
+        rf, extent = rfs[name], extents[name]
+        _square(ax, cy, cx, rf, color="white", ls="--", lw=1.2)
+        _square(ax, cy, cx, extent, color="tab:cyan", lw=1.5)
+        ax.set(xlim=(-0.5, w - 0.5), ylim=(h - 0.5, -0.5))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        beyond = " (> image)" if rf > max(h, w) else ""
+        ax.set_title(f"{name}\n{mass:.0%} in {extent} px; RF {rf} px{beyond}", fontsize=9)
+    _title(fig, "Effective receptive fields: |gradient| of the centre unit (solid: "
+                f"{mass:.0%} of the mass; dashed: theoretical field)", source)
+    return fig
+
+
+def feature_scatter(points: Tensor, labels: Tensor, classes: Sequence[str], *,
+                    explained: Tensor, source: str, max_points: int = 3000) -> Figure:
+    """2-D projection of the features, coloured by class, each class's name at its centroid."""
+    points, labels = torch.as_tensor(points).cpu(), torch.as_tensor(labels).cpu()
+    shown = torch.arange(len(points))[:max_points]  # the first ones: a fixed, seed-free subset
+    fig = _figure(8.5, 6.5)
+    with sns.axes_style("whitegrid"):
+        ax = fig.subplots()
+    palette = sns.color_palette("tab10", len(classes))
+    for c, name in enumerate(classes):
+        mine = shown[labels[shown] == c]
+        ax.scatter(points[mine, 0], points[mine, 1], s=6, alpha=0.5, color=palette[c],
+                   label=name, linewidths=0)
+        if (labels == c).any():
+            centre = points[labels == c].mean(dim=0)
+            ax.text(centre[0].item(), centre[1].item(), name, fontsize=9, ha="center",
+                    va="center", fontweight="bold",
+                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=palette[c], alpha=0.85))
+    share = [float(v) for v in explained]
+    ax.set(xlabel=f"principal axis 1 ({share[0]:.0%} of the variance)",
+           ylabel=f"principal axis 2 ({share[1]:.0%} of the variance)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, markerscale=3)
+    drawn = f"{len(shown):,} of {len(points):,}" if len(shown) < len(points) else f"{len(points):,}"
+    _title(fig, f"Pooled features of {drawn} images, projected to 2-D (PCA); class names at "
+                "the centre of all their images", source)
+    return fig

@@ -90,14 +90,20 @@ def verify(weights: Weights) -> None:
                          "(in a checkout: git checkout -- inception/pretrained)")
 
 
-def export_weights(checkpoint: str | Path, out: str | Path, *, half: bool = True) -> Path:
-    """Write a slim, shippable copy of a training checkpoint: no aux heads, no optimizer.
+def export_weights(checkpoint: str | Path, into: str | Path, name: str, *,
+                   half: bool = True) -> Path:
+    """Write a slim, shippable copy of a training checkpoint to INTO/<model>-<name>.pt.
 
     The result is still a checkpoint (`load_checkpoint` reads it) holding the validated weights
     (the EMA average when the run kept one) of the network without its auxiliary heads, stored
     in float16 when `half` (half the size; the accuracy of the stored file is what gets quoted).
+    Written atomically, like every checkpoint, so a failed export never leaves half a file.
     """
-    from inception.train import CHECKPOINT_FORMAT, read_checkpoint  # late: train imports model
+    from inception.train import (  # late: train imports model
+        CHECKPOINT_FORMAT,
+        read_checkpoint,
+        save_checkpoint,
+    )
 
     payload = read_checkpoint(checkpoint, map_location="cpu")
     state = payload["ema"] if payload["ema"] is not None else payload["model"]
@@ -109,10 +115,7 @@ def export_weights(checkpoint: str | Path, out: str | Path, *, half: bool = True
                 epoch=payload["epoch"], step=payload["step"],
                 train_seconds=payload["train_seconds"], precision=payload["precision"],
                 device=payload["device"])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(slim, out)
-    return out
+    return save_checkpoint(Path(into) / f"{payload['model_name']}-{name}.pt", slim)
 
 
 def write_record(weights_file: str | Path, meta: dict) -> Path:

@@ -16,11 +16,13 @@ from inception.evaluate import (
     calibration,
     confusion_matrix,
     evaluate,
+    fit_temperature,
     misclassified,
     most_confused,
     per_class_report,
     predict,
     silence_branch,
+    with_temperature,
 )
 from inception.model import Inception, build_model
 
@@ -264,3 +266,27 @@ def test_calibration_table_reproduces_torchmetrics_ece_and_a_hand_worked_case():
     ece, table = calibration(Predictions(labels, probs), n_bins=15)
     gap = (table.accuracy - table.confidence).abs() * table.images
     assert gap.sum() / table.images.sum() == pytest.approx(ece, abs=1e-6)
+
+
+def test_fit_temperature_recovers_the_temperature_the_labels_were_drawn_at():
+    # Labels drawn from softmax(z / 2) while the model reports softmax(z): an overconfident
+    # model whose honest temperature is 2 by construction. Likewise 0.5 for an underconfident one.
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(20000, 10, generator=g, dtype=torch.float64) * 3
+    for true_t in (2.0, 0.5):
+        labels = torch.multinomial((logits / true_t).softmax(dim=1), 1, generator=g).squeeze(1)
+        predictions = Predictions(labels, logits.softmax(dim=1).float())
+        fitted = fit_temperature(predictions)
+        assert fitted == pytest.approx(true_t, rel=0.05)
+        # At the fitted temperature the ECE falls, and the predicted classes do not move.
+        scaled = with_temperature(predictions, fitted)
+        assert calibration(scaled)[0] < calibration(predictions)[0] / 2
+        assert torch.equal(scaled.preds, predictions.preds)
+
+
+def test_with_temperature_one_is_the_identity_and_bad_temperatures_are_refused():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    same = with_temperature(Predictions(torch.tensor([0, 2]), probs), 1.0)
+    assert torch.allclose(same.probs, probs, atol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        with_temperature(Predictions(torch.tensor([0, 2]), probs), 0.0)

@@ -17,9 +17,11 @@ from inception import plots  # noqa: E402
 from inception.data import load_cifar, normalize  # noqa: E402
 from inception.evaluate import (  # noqa: E402
     Predictions,
+    calibration,
     confusion_matrix,
     misclassified,
     per_class_report,
+    with_temperature,
 )
 from inception.model import Inception, build_model  # noqa: E402
 
@@ -118,6 +120,12 @@ def test_evaluation_figures_are_titled_with_the_source(data, predictions):
                              "accuracy": [0.8, 0.7, 0.6, 0.78, 0.81]})
     ablation["drop"] = 0.8 - ablation["accuracy"]
     _check(plots.branch_ablation_bars(ablation, source=data.title), data.title)
+    curves = {"as trained": calibration(predictions),
+              "T = 2": calibration(with_temperature(predictions, 2.0))}
+    fig = plots.reliability_diagram(curves, source=data.title)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any(f"ECE {curves['T = 2'][0]:.2%}" in t for t in legend)  # each line names its ECE
+    _check(fig, data.title)
 
 
 def test_confusion_heatmap_skips_annotations_for_100_classes():

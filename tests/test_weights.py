@@ -94,7 +94,8 @@ def test_export_keeps_the_function_drops_aux_heads_and_halves_the_size(tmp_path)
     torch.manual_seed(0)
     result = fit(config.build_model(10), data, config, out_dir=tmp_path / "run", progress=False)
     full = tmp_path / "run" / "checkpoint.pt"
-    slim = W.export_weights(full, tmp_path / "slim.pt")
+    slim = W.export_weights(full, tmp_path, "slim")
+    assert slim == tmp_path / f"{config.model}-slim.pt"
     assert slim.stat().st_size < 0.6 * full.stat().st_size
     payload = torch.load(slim, weights_only=True)
     assert not any(k.startswith("aux") for k in payload["model"])
