@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint unit notebooks lab course set-repo clean
+.PHONY: install test lint unit notebooks lab course set-repo release clean
 
 install: $(STAMP)
 
@@ -51,6 +51,15 @@ set-repo:
 	@test -n "$(REPO)" || { echo "usage: make set-repo REPO=owner/name"; exit 2; }
 	sed -i 's|$(OLD_REPO)|$(REPO)|g' pyproject.toml README.md notebooks/*.ipynb
 	@echo "now pointing at https://github.com/$(REPO)"
+
+## make release: tag this commit v<version> (pyproject.toml), the tag the Colab badges and setup
+## cells install from. Bump the version in pyproject.toml, README and notebooks first.
+VERSION := $(shell sed -n 's|^version = "\(.*\)"|\1|p' pyproject.toml)
+release:
+	@git diff --quiet HEAD || { echo "commit or stash your changes first"; exit 1; }
+	$(BIN)/python -m pytest -q tests/test_notebooks.py -k "badge_and_setup"
+	git tag -a "v$(VERSION)" -m "release v$(VERSION)"
+	@echo "tagged v$(VERSION); publish it with: git push origin v$(VERSION)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

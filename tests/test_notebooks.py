@@ -27,20 +27,45 @@ def _source(cell: dict) -> str:
     return _text(cell["source"])
 
 
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+RELEASE = f"v{PROJECT['version']}"
+# What a fresh Colab runtime already has; the setup cell installs every other dependency.
+COLAB_PROVIDES = {"torch", "torchvision", "matplotlib", "seaborn", "pandas", "numpy", "tqdm"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_opens_with_badge_and_setup_from_the_one_repo_url(path):
+def test_notebook_opens_with_badge_and_setup_from_the_one_repo_url_and_release(path):
     cells = _load(path)["cells"]
-    badge = (f"(https://colab.research.google.com/github/{SLUG}/blob/main/notebooks/"
+    badge = (f"(https://colab.research.google.com/github/{SLUG}/blob/{RELEASE}/notebooks/"
              f"{path.name})")
     assert "colab-badge.svg" in _source(cells[0]) and badge in _source(cells[0])
     assert "What you will learn" in _source(cells[0])
     setup = _source(cells[1])
     assert f'REPO = "{REPO_URL}"' in setup
-    assert '%pip install -q --no-deps "git+{REPO}"' in setup  # never reinstalls Colab's torch
+    assert f'RELEASE = "{RELEASE}"' in setup  # the package of the tag the text was written for
+    # --no-deps: never reinstall Colab's torch; the libraries Colab lacks come next, with the
+    # same ranges as pyproject.toml, so a dependency added to the package reaches Colab too.
+    assert '%pip install -q --no-deps "git+{REPO}@{RELEASE}"' in setup
+    extras = set(re.findall(r'%pip install -q ((?:"[^"]+" ?)+)$', setup, flags=re.M)[-1]
+                 .replace('"', "").split())
+    needed = {r.replace(" ", "") for r in PROJECT["dependencies"]
+              if _name(r) not in COLAB_PROVIDES}
+    assert needed <= extras, f"{path.name}: the Colab setup misses {needed - extras}"
     assert "inception.seed_everything(" in setup and "describe_runtime()" in setup
     colab_links = set(re.findall(r"colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/",
                                  json.dumps(cells)))
     assert colab_links == {SLUG}, f"badges in {path.name} point at {colab_links}"
+
+
+def test_readme_badges_open_the_release():
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/([\w.-]+)/",
+                       readme)
+    assert links and set(links) == {RELEASE}
 
 
 def _code(nb: dict) -> str:
