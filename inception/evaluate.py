@@ -6,6 +6,7 @@ It does not plot (see `plots`) and does not train; torch and pandas only, no sci
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from inception.data import CifarData, DeviceLoader
-from inception.explain import forward_hooks
+from inception.explain import BRANCHES, branch_path, forward_hooks
 from inception.model import Inception, fold_batchnorm
 from inception.runtime import (
     autocast_dtype,
@@ -24,8 +25,6 @@ from inception.runtime import (
     eval_batch_size,
     resolve_device,
 )
-
-BRANCHES = ("branch1", "branch2", "branch3", "branch4")
 
 
 @dataclass(repr=False)
@@ -221,6 +220,11 @@ def calibration(predictions: Predictions, n_bins: int = 15) -> tuple[float, pd.D
     return ece, table
 
 
+def _logits(predictions: Predictions) -> Tensor:
+    """Logits up to a per-image constant (which softmax ignores), from stored probabilities."""
+    return predictions.probs.double().clamp(min=1e-12).log()
+
+
 def with_temperature(predictions: Predictions, temperature: float) -> Predictions:
     """The same predictions with every logit divided by `temperature` (Guo et al., 2017).
 
@@ -230,7 +234,7 @@ def with_temperature(predictions: Predictions, temperature: float) -> Prediction
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    logits = predictions.probs.double().clamp(min=1e-12).log()
+    logits = _logits(predictions)
     return Predictions(predictions.labels, (logits / temperature).softmax(dim=1).float())
 
 
@@ -241,13 +245,12 @@ def fit_temperature(predictions: Predictions) -> float:
     softening), below 1 underconfident. A 1-D convex problem, so a bounded search over log T
     (golden section, 0.05 <= T <= 20) finds it exactly enough without an optimiser.
     """
-    logits = predictions.probs.double().clamp(min=1e-12).log()
+    logits = _logits(predictions)
 
     def nll(log_t: float) -> float:
-        return nn.functional.cross_entropy(logits / torch.exp(torch.tensor(log_t)),
-                                           predictions.labels).item()
+        return nn.functional.cross_entropy(logits / math.exp(log_t), predictions.labels).item()
 
-    lo, hi = torch.log(torch.tensor(0.05)).item(), torch.log(torch.tensor(20.0)).item()
+    lo, hi = math.log(0.05), math.log(20.0)
     ratio = (5 ** 0.5 - 1) / 2
     for _ in range(60):  # shrinks the bracket by 0.618^60: far below any meaningful digit
         a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
@@ -255,7 +258,7 @@ def fit_temperature(predictions: Predictions) -> float:
             hi = b
         else:
             lo = a
-    return float(torch.exp(torch.tensor((lo + hi) / 2)))
+    return math.exp((lo + hi) / 2)
 
 
 @dataclass(repr=False)
@@ -331,17 +334,6 @@ def _inception_module(model: nn.Module, name: str) -> Inception:
     return found[name]
 
 
-def _describe(branch: nn.Module) -> str:
-    """The branch's path as its layers, e.g. '1x1→5x5' or 'pool→1x1', read from the module."""
-    steps = []
-    for m in branch.modules():
-        if isinstance(m, nn.MaxPool2d):
-            steps.append("pool")
-        elif isinstance(m, nn.Conv2d):
-            steps.append("x".join(map(str, m.kernel_size)))
-    return "→".join(steps)
-
-
 def _out_channels(branch: nn.Module) -> int:
     return [m for m in branch.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
@@ -367,7 +359,7 @@ def branch_ablation(model: nn.Module, data: CifarData, module: str = "inception4
     for name in BRANCHES:
         branch = getattr(target, name)
         with silence_branch(target, name):
-            rows.append({"branch": _describe(branch), "channels": _out_channels(branch),
+            rows.append({"branch": branch_path(branch), "channels": _out_channels(branch),
                          "accuracy": run()})
     table = pd.DataFrame(rows)
     table["drop"] = table["accuracy"].iloc[0] - table["accuracy"]

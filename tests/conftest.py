@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from inception.data import default_root, load_cifar
 
@@ -45,3 +46,14 @@ def real_cifar10():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the unofficial-copy warning is tested elsewhere
         return load_cifar(root=root, download=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a test module single-threaded, restoring the setting after. Its tests push batches of
+    a few images through small models, where thread barriers cost more than they save (10x
+    slower on a busy 2-core machine). Use with pytestmark = pytest.mark.usefixtures(...)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

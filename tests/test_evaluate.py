@@ -42,14 +42,7 @@ def _tiny_model() -> nn.Module:
     return model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batches of a few images: thread barriers cost more than they save (10x slower here on a
-    busy 2-core machine), so this file runs single-threaded and restores the setting after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ from inception.model import GoogLeNet, build_model
 pytest.importorskip("captum", reason="Grad-CAM and occlusion come from captum")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tests are tiny; one thread keeps them from competing with anything else running.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
