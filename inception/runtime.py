@@ -119,7 +119,8 @@ def describe_runtime(device: torch.device | str | None = None, precision: str = 
     if device.type == "cuda":
         where = f"cuda ({torch.cuda.get_device_name(device)})"
     else:
-        where = f"{device.type} ({torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        where = f"{device.type} ({threads} thread{'s' if threads != 1 else ''})"
     return f"device: {where} | precision: {choose_precision(device, precision)}"
 
 
