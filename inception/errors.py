@@ -35,3 +35,7 @@ class ModelInputError(InceptionError, ValueError):
 
 class TrainingError(InceptionError, RuntimeError):
     """Training cannot go on (for example the loss became NaN); the last good checkpoint is kept."""
+
+
+class DistributedError(InceptionError, RuntimeError):
+    """Data-parallel training lost a rank: it crashed, hung or was stopped; the message says so."""
