@@ -23,6 +23,7 @@ from torchvision.datasets.utils import (
     extract_archive,
 )
 
+from inception.distributed import shard_indices
 from inception.errors import ConfigError, DatasetError
 from inception.runtime import quick_mode
 
@@ -462,21 +463,35 @@ def _reflect(index: Tensor, size: int) -> Tensor:
     return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
+def _slice_of(share: tuple[int, int], b: int) -> tuple[int, slice]:
+    """How many random draws a batch needs, and which of them belong to these `b` images.
+
+    `share` = (rank, world_size): the images are the rank-th of world_size equal slices of one
+    global batch. Drawing for the whole global batch and keeping the slice gives each image the
+    numbers one process would have drawn for it.
+    """
+    rank, world_size = share
+    return b * world_size, slice(rank * b, (rank + 1) * b)
+
+
 def random_crop_flip(images: Tensor, padding: int = 4, flip: bool = True,
-                     generator: torch.Generator | None = None) -> Tensor:
+                     generator: torch.Generator | None = None,
+                     share: tuple[int, int] = (0, 1)) -> Tensor:
     """Per-sample random crop (from a reflect-padded image) and horizontal flip, in one gather.
 
     Each image gets its own shift in [-padding, padding] on both axes and its own coin flip.
-    Nothing is padded in memory: the crop is a gather with mirrored indices.
+    Nothing is padded in memory: the crop is a gather with mirrored indices. `share` (rank,
+    world_size) marks the images as one rank's slice of a global batch (see `_slice_of`).
     """
     b, c, h, w = images.shape
     dev = images.device
-    dy = torch.randint(-padding, padding + 1, (b, 1), device=dev, generator=generator)
-    dx = torch.randint(-padding, padding + 1, (b, 1), device=dev, generator=generator)
+    n, mine = _slice_of(share, b)
+    dy = torch.randint(-padding, padding + 1, (n, 1), device=dev, generator=generator)[mine]
+    dx = torch.randint(-padding, padding + 1, (n, 1), device=dev, generator=generator)[mine]
     rows = torch.arange(h, device=dev) + dy
     cols = torch.arange(w, device=dev) + dx
     if flip:
-        flipped = torch.rand(b, 1, device=dev, generator=generator) < 0.5
+        flipped = torch.rand(n, 1, device=dev, generator=generator)[mine] < 0.5
         cols = torch.where(flipped, cols.flip(1), cols)
     rows, cols = _reflect(rows, h), _reflect(cols, w)
     batch = torch.arange(b, device=dev).view(b, 1, 1, 1)
@@ -484,15 +499,18 @@ def random_crop_flip(images: Tensor, padding: int = 4, flip: bool = True,
     return images[batch, chan, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
 
 
-def cutout(images: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
+def cutout(images: Tensor, size: int, generator: torch.Generator | None = None,
+           share: tuple[int, int] = (0, 1)) -> Tensor:
     """Zero a size x size square at a random centre of each image (clipped at the borders).
 
     Applied after normalisation, so zero means "the mean colour" (DeVries & Taylor, 2017).
+    `share` as in `random_crop_flip`.
     """
     b, _, h, w = images.shape
     dev = images.device
-    cy = torch.randint(0, h, (b, 1, 1), device=dev, generator=generator)
-    cx = torch.randint(0, w, (b, 1, 1), device=dev, generator=generator)
+    n, mine = _slice_of(share, b)
+    cy = torch.randint(0, h, (n, 1, 1), device=dev, generator=generator)[mine]
+    cx = torch.randint(0, w, (n, 1, 1), device=dev, generator=generator)[mine]
     ys = torch.arange(h, device=dev).view(1, h, 1)
     xs = torch.arange(w, device=dev).view(1, 1, w)
     top, left = cy - size // 2, cx - size // 2
@@ -526,13 +544,21 @@ class DeviceLoader:
     flipped and optionally cut out per sample with batch-wide tensor ops, normalised, and
     handed over channels_last. No worker processes, PIL or per-image Python, so Colab's two
     vCPUs never starve its GPU, and no host sync happens inside the loop.
+
+    Rank `rank` of `world_size` data-parallel ranks (training only) yields its slice of each
+    global batch of world_size x batch_size: every rank draws the epoch's order and the
+    augmentation's random numbers exactly as one process with the global batch would, and keeps
+    its share (`inception.distributed.shard_indices`). The split then stays in host memory and
+    each epoch moves only this rank's images to the device, so device memory falls with the
+    number of ranks, and the shards change every epoch, reproducibly from the seed.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, *, batch_size: int,
                  mean: tuple[float, ...], std: tuple[float, ...],
                  device: torch.device | str = "cpu", train: bool = False, crop_padding: int = 4,
                  flip: bool = True, cutout_size: int = 0, channels_last: bool = True,
-                 drop_last: bool | None = None, seed: int = 0) -> None:
+                 drop_last: bool | None = None, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ConfigError(f"DeviceLoader wants uint8 images (N, C, H, W), got "
                              f"{images.dtype} {tuple(images.shape)}")
@@ -541,29 +567,42 @@ class DeviceLoader:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         _check_stats(mean, std, "DeviceLoader", channels=images.shape[1])
+        self.drop_last = train if drop_last is None else drop_last
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+        if world_size > 1 and not (train and self.drop_last):
+            raise ConfigError("only a training loader (train=True, drop_last) is shared between "
+                              "ranks: give each rank its own part of evaluation data instead")
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
-        self.images, self.labels = images.to(self.device), labels.to(self.device)
+        home = self.device if world_size == 1 else torch.device("cpu")
+        self.images, self.labels = images.to(home), labels.to(home)
         self.batch_size, self.train = batch_size, train
         self.crop_padding, self.flip, self.cutout_size = crop_padding, flip, cutout_size
         self.channels_last = channels_last
-        self.drop_last = train if drop_last is None else drop_last
         self.mean, self.std = tuple(mean), tuple(std)
         self._mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device)
         self._std = torch.tensor(self.std, dtype=torch.float32, device=self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, b = len(self.labels), self.batch_size * self.world_size
+        return n // b if self.drop_last else -(-n // b)
 
     def __iter__(self):
-        n = len(self.labels)
+        n, b = len(self.labels), self.batch_size
         order = (torch.randperm(n, device=self.device, generator=self.generator) if self.train
                  else torch.arange(n, device=self.device))
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            images = self.images[idx]
-            yield (self.augment(images) if self.train else self.prepare(images)), self.labels[idx]
+        if self.world_size == 1:
+            images, labels = self.images, self.labels
+            batches = (order[i * b:(i + 1) * b] for i in range(len(self)))
+        else:  # this epoch's shard to the device, once; its batches are then consecutive
+            mine = shard_indices(order, b, self.rank, self.world_size).reshape(-1).cpu()
+            images, labels = self.images[mine].to(self.device), self.labels[mine].to(self.device)
+            batches = (slice(i * b, (i + 1) * b) for i in range(len(self)))
+        for idx in batches:
+            x = images[idx]
+            yield (self.augment(x) if self.train else self.prepare(x)), labels[idx]
 
     def prepare(self, images: Tensor) -> Tensor:
         """Normalise uint8 images and set the memory format the model runs fastest in."""
@@ -572,10 +611,12 @@ class DeviceLoader:
 
     def augment(self, images: Tensor) -> Tensor:
         """The training transform: crop and flip, normalise, then cutout if enabled."""
+        share = (self.rank, self.world_size)
         if self.crop_padding or self.flip:
-            images = random_crop_flip(images, self.crop_padding, self.flip, self.generator)
+            images = random_crop_flip(images, self.crop_padding, self.flip, self.generator,
+                                      share)
         x = self.prepare(images)
-        return cutout(x, self.cutout_size, self.generator) if self.cutout_size else x
+        return cutout(x, self.cutout_size, self.generator, share) if self.cutout_size else x
 
     def state_dict(self) -> dict:
         """The shuffling/augmentation RNG state, so a resumed run draws the same batches."""
