@@ -1,7 +1,9 @@
 """Training: the `TrainConfig` presets, the learning-rate schedule, `fit`, and checkpoints.
 
-Owns the optimisation loop and everything needed to stop and resume it exactly. It does not
-plot (no matplotlib here) and does not compute evaluation reports (see `inception.evaluate`).
+Owns the optimisation loop and everything needed to stop and resume it exactly, on one process
+or on many under torchrun (the process group and the ranks are `inception.distributed`'s). It
+does not plot (no matplotlib here) and does not compute evaluation reports (see
+`inception.evaluate`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from inception import distributed
 from inception.data import CifarData, DeviceLoader
 from inception.errors import CheckpointError, CheckpointNotFoundError, ConfigError, TrainingError
 from inception.model import MODELS, GoogLeNet, build_model, count_parameters, fold_batchnorm
@@ -68,6 +72,9 @@ class TrainConfig:
     train_limit: int | None = None  # train on the first N training images only
     eval_limit: int | None = None  # validate/test on the first N images only
     seed: int = 0
+    # Under torchrun, BatchNorm statistics over the global batch rather than each rank's share:
+    # worth it when the per-rank batch is small (CUDA only; ignored by a single process).
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -140,7 +147,7 @@ def validate_config(config: TrainConfig) -> None:
         if getattr(config, name) not in allowed:
             raise ConfigError(f"TrainConfig.{name} must be one of {allowed}, "
                               f"got {getattr(config, name)!r}")
-    for name in ("channels_last", "compile", "flip"):
+    for name in ("channels_last", "compile", "flip", "sync_batchnorm"):
         if not isinstance(getattr(config, name), bool):
             raise ConfigError(f"TrainConfig.{name} must be True or False, "
                               f"got {getattr(config, name)!r}")
@@ -268,11 +275,13 @@ class ModelEMA:
 
 
 @torch.no_grad()
-def _validate(model: nn.Module, loader: DeviceLoader, dtype: torch.dtype | None) -> tuple:
+def _validate(model: nn.Module, loader: DeviceLoader, dtype: torch.dtype | None,
+              world: distributed.World = distributed.SINGLE) -> tuple:
     """Mean loss and accuracy over a loader, with a single host sync at the end.
 
     Runs an eval-mode copy with BatchNorm folded (as `evaluate.predict` does), so the model
-    being trained keeps its mode and its BatchNorm layers.
+    being trained keeps its mode and its BatchNorm layers. Under torchrun each rank scores its
+    own part of the images and the sums are added up across ranks.
     """
     net = fold_batchnorm(model)
     sums = torch.zeros(3, device=loader.device)
@@ -281,7 +290,7 @@ def _validate(model: nn.Module, loader: DeviceLoader, dtype: torch.dtype | None)
             logits = net(x).float()
         sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
                              (logits.argmax(1) == y).sum(), torch.tensor(len(y), device=y.device)])
-    loss_sum, correct, n = sums.tolist()
+    loss_sum, correct, n = distributed.sum_over_ranks(sums, world).tolist()
     return loss_sum / max(n, 1), correct / max(n, 1)
 
 
@@ -430,6 +439,57 @@ class TrainResult:
     stopped_by: str  # "epochs", "budget" or "max_steps"
 
 
+@dataclass
+class _Run:
+    """What a run changes as it trains: everything a checkpoint saves and a resume restores."""
+
+    model: GoogLeNet
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: ModelEMA | None
+    train_loader: DeviceLoader
+    history: list[dict] = field(default_factory=list)
+    epoch: int = 0
+    step: int = 0
+    train_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What stays fixed through a run: where it runs, on how many ranks, and for how long."""
+
+    config: TrainConfig
+    device: torch.device
+    precision: str
+    dtype: torch.dtype | None
+    world: distributed.World
+    total_steps: int
+    budget_s: float | None
+    lr_scale: float  # the learning rate is the schedule's times this (see `lr_scale`)
+    checkpoint_path: Path | None
+    progress: bool  # print the header, the estimate and the table (rank 0 only)
+    live_bar: bool
+    estimate_at: int  # the step after which the run's length is estimated
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.world.size
+
+
+def lr_scale(config: TrainConfig, world_size: int) -> tuple[float, str]:
+    """The factor on the peak learning rate for `world_size` ranks, and the rule behind it.
+
+    Each rank trains on `config.batch_size` images, so the global batch grows with the number of
+    ranks, while the presets' learning rates were tuned for one process.
+    """
+    if world_size == 1:
+        return 1.0, "one process"
+    if config.optimizer == "sgd":
+        return float(world_size), ("linear scaling rule for SGD (Goyal et al. 2017), reached "
+                                   "through the schedule's warmup")
+    return math.sqrt(world_size), "square-root scaling rule for AdamW (Malladi et al. 2022)"
+
+
 def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
         device: torch.device | str | None = None, out_dir: str | Path | None = None,
         resume: str | Path | None = None, progress: bool = True) -> TrainResult:
@@ -444,169 +504,299 @@ def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
     folder (created, and proved writable), and that the model has one output per class of
     `data`. A loss or weights that become NaN or infinite stop the run with a TrainingError
     and are never saved (see `_check_finite`), so the last good checkpoint survives.
+
+    Under torchrun the same call trains data-parallel (see `inception.distributed`): each of N
+    ranks trains on `config.batch_size` images of every global batch of N times as many, DDP
+    averages the gradients, and the learning rate follows `lr_scale`. Rank 0 alone prints and
+    writes the checkpoint; validation is shared out between the ranks and summed.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
     device = resolve_device(device)
-    if out_dir is not None:
-        prepare_out_dir(out_dir)
-    precision = choose_precision(device, config.precision)
-    dtype = autocast_dtype(precision)
-    seed_everything(config.seed)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format)
+    with distributed.process_group(device) as world:
+        device = distributed.rank_device(device, world)
+        if out_dir is not None:
+            prepare_out_dir(out_dir)
+        precision = choose_precision(device, config.precision)
+        seed_everything(config.seed)
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        model.to(device=device, memory_format=memory_format)
+        train_loader, val_loader = _build_loaders(data, config, device, world)
+        run = _Run(model, make_optimizer(model, config),
+                   torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+                   ModelEMA(model, config.ema_decay) if config.ema_decay else None,
+                   train_loader)
+        if resume is not None:
+            _restore(run, resume, config, device, world)
+        distributed.reseed_rank(world, config.seed, run.step)
+        num_classes = getattr(model, "arch", {}).get("num_classes")
+        if num_classes is not None:  # after a resume's checks, which name the checkpoint's model
+            data.check_num_classes(num_classes)
+        forward = distributed.wrap(model, world, device, config.sync_batchnorm)
+        forward = torch.compile(forward) if config.compile else forward
+        progress = progress and world.is_main
+        plan = _Plan(config, device, precision, autocast_dtype(precision), world,
+                     _total_steps(config, len(train_loader)),
+                     config.budget_min * 60 if config.budget_min else None,
+                     lr_scale(config, world.size)[0],
+                     _checkpoint_path(out_dir, resume, progress, world), progress,
+                     # A live bar where someone watches it redraw in place: a terminal or a
+                     # notebook (`make course` collapses the redraws when it saves; a 15-minute
+                     # run once kept 400 KB of them). A log file or CI would keep every redraw,
+                     # so there only the epoch table is printed.
+                     progress and (sys.stdout.isatty() or "ipykernel" in sys.modules),
+                     run.step + _ESTIMATE_STEPS)
+        if progress:
+            _print_header(data, run, plan)
 
+        stopped_by = "epochs"
+        with (distributed.stop_requests(world) as stop_asked,
+              distributed.collective_errors(world, _what_is_kept(plan.checkpoint_path))):
+            while (run.epoch < config.epochs and run.step < plan.total_steps
+                   and not _out_of_time(run.train_seconds, plan)):
+                sums, lr, seconds, stopped_by = _train_epoch(run, forward, plan, stop_asked)
+                _end_epoch(run, plan, sums, lr, seconds, val_loader, data)
+                if stopped_by != "epochs":
+                    break
+
+        if progress:
+            print(f"stopped by {stopped_by} after {run.epoch} epochs, {run.step} steps, "
+                  f"{run.train_seconds:.0f} s of training")
+        return TrainResult(run.ema.module if run.ema is not None else model,
+                           pd.DataFrame(run.history), plan.checkpoint_path, device, precision,
+                           run.train_seconds, stopped_by)
+
+
+# The named steps of `fit`, in the order it takes them.
+
+
+def _build_loaders(data: CifarData, config: TrainConfig, device: torch.device,
+                   world: distributed.World) -> tuple[DeviceLoader, DeviceLoader | None]:
+    """This rank's training loader and its part of the validation images (None: no validation).
+
+    The training loader yields this rank's share of every global batch (see `DeviceLoader`).
+    Validation images are cut into one contiguous part per rank, and the sums are added up.
+    """
     def subset(split: str, limit: int | None) -> tuple[Tensor, Tensor]:
         images, labels = data.split(split)
         return images[:limit], labels[:limit]
 
-    common = dict(batch_size=config.batch_size, mean=data.mean, std=data.std, device=device,
+    common = dict(mean=data.mean, std=data.std, device=device,
                   channels_last=config.channels_last)
-    train_loader = DeviceLoader(*subset("train", config.train_limit), train=True,
+    train_loader = DeviceLoader(*subset("train", config.train_limit),
+                                batch_size=config.batch_size, train=True,
                                 crop_padding=config.crop_padding, flip=config.flip,
-                                cutout_size=config.cutout, seed=config.seed, **common)
+                                cutout_size=config.cutout, seed=config.seed, rank=world.rank,
+                                world_size=world.size, **common)
     val_images, val_labels = subset("val", config.eval_limit)
-    val_loader = (DeviceLoader(val_images, val_labels,
-                                **{**common, "batch_size": eval_batch_size(device)})
+    part = distributed.shard_range(len(val_labels), world)
+    val_loader = (DeviceLoader(val_images[part], val_labels[part],
+                               batch_size=eval_batch_size(device), **common)
                   if len(val_labels) else None)
     if len(train_loader) == 0:
+        ranks = f" ({world.size} ranks x {config.batch_size})" if world.parallel else ""
         raise ConfigError(f"{len(train_loader.labels)} training images give no full batch of "
-                          f"{config.batch_size}; lower batch_size or raise train_limit")
+                          f"{config.batch_size * world.size}{ranks}; lower batch_size or raise "
+                          "train_limit")
+    return train_loader, val_loader
 
-    optimizer = make_optimizer(model, config)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    ema = ModelEMA(model, config.ema_decay) if config.ema_decay else None
-    history: list[dict] = []
-    epoch = step = 0
-    train_seconds = 0.0
 
-    if resume is not None:
-        payload = read_checkpoint(resume, map_location=device)
-        _require_keys(resume, payload, _RESUME_KEYS, "resume training")
-        check_compatible(model, payload)
-        _check_same_run(payload["config"], config)
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scaler.load_state_dict(payload["scaler"])
-        if ema is not None and payload["ema"] is not None:
-            ema.module.load_state_dict(payload["ema"])
-            ema.updates = payload["ema_updates"]
-        train_loader.load_state_dict(payload["loader"])
-        _set_rng_state(payload["rng"])
-        history, epoch, step = payload["history"], payload["epoch"], payload["step"]
-        train_seconds = payload["train_seconds"]
+def _restore(run: _Run, path: str | Path, config: TrainConfig, device: torch.device,
+             world: distributed.World) -> None:
+    """Load a checkpoint into `run`, after checking it is this model's and this config's."""
+    payload = read_checkpoint(path, map_location=device)
+    _require_keys(path, payload, _RESUME_KEYS, "resume training")
+    check_compatible(run.model, payload)
+    _check_same_run(payload["config"], config)
+    run.model.load_state_dict(payload["model"])
+    run.optimizer.load_state_dict(payload["optimizer"])
+    run.scaler.load_state_dict(payload["scaler"])
+    if run.ema is not None and payload["ema"] is not None:
+        run.ema.module.load_state_dict(payload["ema"])
+        run.ema.updates = payload["ema_updates"]
+    run.train_loader.load_state_dict(payload["loader"])
+    _set_rng_state(payload["rng"])
+    run.history, run.epoch, run.step = payload["history"], payload["epoch"], payload["step"]
+    run.train_seconds = payload["train_seconds"]
+    # Saved by a run on another number of ranks, its steps were of another global batch: count
+    # them in this run's steps, so the schedule goes on from the same fraction of the run.
+    # (Checkpoints from before data-parallel training were all single-process.)
+    saved_batch = payload.get("global_batch", payload["config"]["batch_size"])
+    if saved_batch != config.batch_size * world.size:
+        n = len(run.train_loader.labels)
+        run.step = round(run.step * len(run.train_loader) / max(1, n // saved_batch))
 
-    num_classes = getattr(model, "arch", {}).get("num_classes")
-    if num_classes is not None:  # after a resume's checks, which name the checkpoint's model
-        data.check_num_classes(num_classes)
-    forward = torch.compile(model) if config.compile else model
-    total_steps = config.epochs * len(train_loader)
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    budget_s = config.budget_min * 60 if config.budget_min else None
-    checkpoint_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
+
+def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    total = config.epochs * steps_per_epoch
+    return total if config.max_steps is None else min(total, config.max_steps)
+
+
+def _checkpoint_path(out_dir: str | Path | None, resume: str | Path | None, progress: bool,
+                     world: distributed.World) -> Path | None:
+    """OUT/checkpoint.pt; an earlier run's file there is moved aside, never overwritten."""
+    if out_dir is None:
+        return None
+    path = Path(out_dir) / "checkpoint.pt"
     # A fresh run, or one resumed from another file, never overwrites earlier training.
-    resuming_here = (checkpoint_path is not None and resume is not None
-                     and Path(resume).resolve() == checkpoint_path.resolve())
-    if checkpoint_path is not None and checkpoint_path.exists() and not resuming_here:
-        kept = _keep_aside(checkpoint_path)
+    resuming_here = resume is not None and Path(resume).resolve() == path.resolve()
+    if world.is_main and path.exists() and not resuming_here:
+        kept = _keep_aside(path)
         if progress:
             print(f"kept the earlier checkpoint as {kept} (this run writes a new "
-                  f"{checkpoint_path.name}; resume the earlier one with --resume {kept})")
+                  f"{path.name}; resume the earlier one with --resume {kept})")
+    return path
+
+
+def _print_header(data: CifarData, run: _Run, plan: _Plan) -> None:
+    """What is trained, on what, and how: the lines above the epoch table."""
+    config = plan.config
+    width = "" if config.width is None else f" at width {config.width}"
+    n_val = len(data.val_labels[:config.eval_limit])
+    print(f"{data.title} | {len(run.train_loader.labels):,} train / {n_val:,} val | "
+          f"{config.model}{width} ({count_parameters(run.model):,} params with aux heads) | "
+          f"device {plan.device} | precision {plan.precision} | "
+          f"channels_last {config.channels_last} | compile {config.compile}")
+    if plan.world.parallel:
+        scale, rule = lr_scale(config, plan.world.size)
+        print(f"data-parallel: {plan.world.size} ranks x batch {config.batch_size} = global "
+              f"batch {plan.global_batch} | peak lr {config.lr * scale:g} = {config.lr:g} x "
+              f"{scale:g}, the {rule} | SyncBatchNorm {config.sync_batchnorm}")
+    print(_table_row(None))
+
+
+def _out_of_time(seconds: float, plan: _Plan) -> bool:
+    return plan.budget_s is not None and seconds >= plan.budget_s
+
+
+def _what_is_kept(checkpoint_path: Path | None) -> str:
+    if checkpoint_path is None:
+        return "Nothing of this run was saved (no output folder)."
+    return (f"Every completed epoch is saved in {checkpoint_path}: continue with --resume, on "
+            "any number of ranks.")
+
+
+def _train_epoch(run: _Run, forward: nn.Module, plan: _Plan,
+                 stop_asked: Callable[[], bool]) -> tuple[list[float], float, float, str]:
+    """One pass over this rank's batches, unless the step cap, the budget or Ctrl-C ends it.
+
+    Returns the epoch's loss sum, correct count and image count over all ranks, the last
+    learning rate, the seconds it trained, and "epochs" (ran to its end), "max_steps" or
+    "budget". Under torchrun every rank takes each of these decisions after the same step.
+    """
+    run.model.train()
+    sums = torch.zeros(3, device=plan.device)  # loss * n, correct, n: summed on the device
+    epoch_start_step, t0 = run.step, time.perf_counter()
     stopped_by = "epochs"
+    bar = tqdm(run.train_loader, desc=f"epoch {run.epoch + 1}", leave=False,
+               disable=not plan.live_bar, file=sys.stdout, mininterval=2.0, dynamic_ncols=True)
+    for x, y in bar:
+        lr = _learning_rate(run, plan, t0)
+        loss, logits = _train_step(run, forward, x, y, lr, plan)
+        with torch.no_grad():
+            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
+                                 torch.tensor(len(y), device=plan.device)])
+        run.step += 1
+        elapsed, stop = distributed.agree(plan.world,
+                                          run.train_seconds + time.perf_counter() - t0,
+                                          stop_asked())
+        if stop:
+            raise KeyboardInterrupt  # Ctrl-C under torchrun: every rank, after this same step
+        if plan.progress:
+            _show_progress(run, plan, bar, sums, epoch_start_step, t0)
+        if run.step >= plan.total_steps:
+            stopped_by = "max_steps" if plan.config.max_steps == run.step else "epochs"
+            break
+        if _out_of_time(elapsed, plan):
+            stopped_by = "budget"
+            break
+    bar.close()
+    totals = distributed.sum_over_ranks(sums, plan.world).tolist()  # the epoch's one host sync
+    seconds, _ = distributed.agree(plan.world, time.perf_counter() - t0, False)
+    return totals, lr, seconds, stopped_by
 
-    if progress:
-        width = "" if config.width is None else f" at width {config.width}"
-        print(f"{data.title} | {len(train_loader.labels):,} train / {len(val_labels):,} val | "
-              f"{config.model}{width} ({count_parameters(model):,} params with aux heads) | "
-              f"device {device} | precision {precision} | "
-              f"channels_last {config.channels_last} | compile {config.compile}")
-        print(_table_row(None))
 
-    # A live bar where someone watches it redraw in place: a terminal or a notebook (`make
-    # course` collapses the redraws when it saves; a 15-minute run once kept 400 KB of them).
-    # A log file or CI would keep every redraw, so there only the epoch table is printed.
-    live_bar = progress and (sys.stdout.isatty() or "ipykernel" in sys.modules)
-    estimate_at = step + _ESTIMATE_STEPS  # after these steps, say how long the run will take
+def _learning_rate(run: _Run, plan: _Plan, t0: float) -> float:
+    """The next step's learning rate, from how much of the run is done: by steps, or by the
+    clock when there is a budget (the ranks agree on one clock, so on one learning rate)."""
+    fraction = run.step / plan.total_steps
+    if plan.budget_s is not None:
+        elapsed, _ = distributed.agree(plan.world,
+                                       run.train_seconds + time.perf_counter() - t0, False)
+        fraction = max(fraction, elapsed / plan.budget_s)
+    return lr_at(fraction, plan.config) * plan.lr_scale
 
-    def out_of_time(seconds: float) -> bool:
-        return budget_s is not None and seconds >= budget_s
 
-    while epoch < config.epochs and step < total_steps and not out_of_time(train_seconds):
-        model.train()
-        sums = torch.zeros(3, device=device)  # loss * n, correct, n: summed on the device
-        epoch_start_step, t0 = step, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not live_bar,
-                   file=sys.stdout, mininterval=2.0, dynamic_ncols=True)
-        for x, y in bar:
-            elapsed = train_seconds + time.perf_counter() - t0
-            fraction = step / total_steps
-            if budget_s is not None:
-                fraction = max(fraction, elapsed / budget_s)
-            lr = lr_at(fraction, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss, logits = loss_fn(forward(x), y, config)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update(model)
-            with torch.no_grad():
-                sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
-                                     torch.tensor(len(y), device=device)])
-            step += 1
-            if progress and step == estimate_at:  # one sync, once per run
-                _print_estimate(step - epoch_start_step, time.perf_counter() - t0, step,
-                                total_steps, train_seconds, budget_s, device)
-            if progress and step % 50 == 0:  # an occasional sync for the bar, not every step
-                loss_sum, correct, n = sums.tolist()
-                _check_finite_loss(loss_sum, epoch + 1, checkpoint_path, config, precision)
-                rate = (step - epoch_start_step) * config.batch_size / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}",
-                                img_s=f"{rate:.0f}", refresh=False)
-            if step >= total_steps:
-                stopped_by = "max_steps" if config.max_steps == step else "epochs"
-                break
-            if out_of_time(train_seconds + time.perf_counter() - t0):
-                stopped_by = "budget"
-                break
-        bar.close()
-        loss_sum, correct, n = sums.tolist()  # the epoch's one host sync
-        _check_finite_loss(loss_sum, epoch + 1, checkpoint_path, config, precision)
-        seconds = time.perf_counter() - t0
-        train_seconds += seconds
-        epoch += 1
-        eval_model = ema.module if ema is not None else model
-        val_loss, val_acc = (_validate(eval_model, val_loader, dtype) if val_loader
-                             else (float("nan"), float("nan")))
-        history.append(dict(epoch=epoch, train_loss=loss_sum / n, train_acc=correct / n,
+def _train_step(run: _Run, forward: nn.Module, x: Tensor, y: Tensor, lr: float,
+                plan: _Plan) -> tuple[Tensor, Tensor]:
+    """One optimizer step on a batch (under DDP, `backward` averages gradients across ranks)."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(plan.device.type, dtype=plan.dtype, enabled=plan.dtype is not None):
+        loss, logits = loss_fn(forward(x), y, plan.config)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if run.ema is not None:
+        run.ema.update(run.model)
+    return loss, logits
+
+
+def _show_progress(run: _Run, plan: _Plan, bar: tqdm, sums: Tensor, epoch_start_step: int,
+                   t0: float) -> None:
+    """The run's length estimate once, and the bar's numbers every 50 steps (each a sync)."""
+    if run.step == plan.estimate_at:
+        _print_estimate(run.step - epoch_start_step, time.perf_counter() - t0, run.step,
+                        plan.total_steps, run.train_seconds, plan.budget_s, plan.device)
+    if run.step % 50 == 0:  # an occasional sync for the bar (rank 0's share), not every step
+        loss_sum, correct, n = sums.tolist()
+        _check_finite_loss(loss_sum, run.epoch + 1, plan.checkpoint_path, plan.config,
+                           plan.precision)
+        rate = ((run.step - epoch_start_step) * plan.global_batch
+                / (time.perf_counter() - t0))
+        bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}",
+                        img_s=f"{rate:.0f}", refresh=False)
+
+
+def _end_epoch(run: _Run, plan: _Plan, sums: list[float], lr: float, seconds: float,
+               val_loader: DeviceLoader | None, data: CifarData) -> None:
+    """Check the epoch's loss, validate, add its row to the history, save the checkpoint."""
+    loss_sum, correct, n = sums
+    _check_finite_loss(loss_sum, run.epoch + 1, plan.checkpoint_path, plan.config,
+                       plan.precision)
+    run.train_seconds += seconds
+    run.epoch += 1
+    eval_model = run.ema.module if run.ema is not None else run.model
+    val_loss, val_acc = float("nan"), float("nan")
+    if val_loader is not None:
+        distributed.share_buffers(eval_model, plan.world)  # rank 0's, the checkpoint's
+        val_loss, val_acc = _validate(eval_model, val_loader, plan.dtype, plan.world)
+    run.history.append(dict(epoch=run.epoch, train_loss=loss_sum / n, train_acc=correct / n,
                             val_loss=val_loss, val_acc=val_acc, lr=lr, seconds=seconds,
                             img_per_s=n / seconds))
-        if progress:
-            tqdm.write(_table_row(history[-1]), file=sys.stdout)
-        if checkpoint_path is not None:
-            _check_finite_weights(model, ema, epoch, checkpoint_path, config, precision)
-            save_checkpoint(checkpoint_path, dict(
-                format=CHECKPOINT_FORMAT, model_name=getattr(model, "name", config.model),
-                arch=model.arch, model=model.state_dict(),
-                ema=ema.module.state_dict() if ema is not None else None,
-                ema_updates=ema.updates if ema is not None else 0,
-                optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                loader=train_loader.state_dict(), rng=_rng_state(), config=asdict(config),
-                history=history,
-                data=data.describe(), epoch=epoch, step=step, train_seconds=train_seconds,
-                precision=precision, device=str(device)))
-        if stopped_by != "epochs":
-            break
+    if plan.progress:
+        tqdm.write(_table_row(run.history[-1]), file=sys.stdout)
+    if plan.checkpoint_path is not None:
+        _check_finite_weights(run.model, run.ema, run.epoch, plan.checkpoint_path, plan.config,
+                              plan.precision)
+        if plan.world.is_main:
+            save_checkpoint(plan.checkpoint_path, _checkpoint_payload(run, plan, data))
 
-    if progress:
-        print(f"stopped by {stopped_by} after {epoch} epochs, {step} steps, "
-              f"{train_seconds:.0f} s of training")
-    return TrainResult(ema.module if ema is not None else model, pd.DataFrame(history),
-                       checkpoint_path, device, precision, train_seconds, stopped_by)
+
+def _checkpoint_payload(run: _Run, plan: _Plan, data: CifarData) -> dict:
+    """What `load_checkpoint` and a resume read. Only `global_batch` depends on the number of
+    ranks, and a resume on another number recounts the steps from it."""
+    return dict(
+        format=CHECKPOINT_FORMAT, model_name=getattr(run.model, "name", plan.config.model),
+        arch=run.model.arch, model=run.model.state_dict(),
+        ema=run.ema.module.state_dict() if run.ema is not None else None,
+        ema_updates=run.ema.updates if run.ema is not None else 0,
+        optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(),
+        loader=run.train_loader.state_dict(), rng=_rng_state(), config=asdict(plan.config),
+        history=run.history, data=data.describe(), epoch=run.epoch, step=run.step,
+        train_seconds=run.train_seconds, precision=plan.precision, device=str(plan.device),
+        world_size=plan.world.size, global_batch=plan.global_batch)
 
 
 # Non-finite values. A NaN or inf in the loss or the weights only grows: one bad step makes every
@@ -727,10 +917,12 @@ _RESUMABLE_CHANGES = {"epochs", "budget_min", "max_steps"}
 
 def _check_same_run(saved: dict, config: TrainConfig) -> None:
     now = asdict(config)
+    # A field newer than the checkpoint had its default in the run that wrote it.
+    was = {f.name: saved.get(f.name, f.default) for f in fields(TrainConfig)}
     differ = [f.name for f in fields(TrainConfig)
-              if f.name not in _RESUMABLE_CHANGES and saved.get(f.name) != now[f.name]]
+              if f.name not in _RESUMABLE_CHANGES and was[f.name] != now[f.name]]
     if differ:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in differ)
+        detail = ", ".join(f"{k}: {was[k]!r} -> {now[k]!r}" for k in differ)
         raise CheckpointError(f"cannot resume: the config differs from the checkpoint's "
                               f"({detail}). Resume with the same config, or start a new run")
 
