@@ -2,6 +2,8 @@
 
 Owns argument parsing and turning errors into one-line messages. All the work is done by
 `inception.data`, `inception.train`, `inception.evaluate` and `inception.plots`.
+`torchrun --nproc_per_node=N -m inception train ...` runs the same command on N ranks; only
+rank 0 prints (each rank still reports its own errors, tagged with its rank).
 
 Errors: every command runs inside one boundary, `main`. A mistake the user can fix prints one
 line naming the problem and the fix and exits 1 (Ctrl-C: a line that fits the command, exit
@@ -11,16 +13,21 @@ line naming the problem and the fix and exits 1 (Ctrl-C: a line that fits the co
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
+import os
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from inception import distributed
 from inception.data import load_cifar
 from inception.errors import InceptionError
 from inception.model import list_models
@@ -73,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model from a preset",
                            description="Train a GoogLeNet from a preset. Prints the device, "
                            "precision, data source, model and parameter count, shows progress, "
-                           "and writes OUT/checkpoint.pt and OUT/history.csv every epoch.")
+                           "and writes OUT/checkpoint.pt and OUT/history.csv every epoch. "
+                           "torchrun --nproc_per_node=N -m inception train ... trains the "
+                           "same way on N data-parallel ranks.")
     train.add_argument("--preset", default="auto", choices=["auto", *PRESETS],
                        help="auto picks gpu when CUDA is available, else cpu (default: auto)")
     train.add_argument("--epochs", type=_positive(int), help="override the preset's epochs")
@@ -94,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue exactly from OUT/checkpoint.pt, or from CHECKPOINT "
                             "(e.g. one an earlier run kept aside as checkpoint-<time>.pt)")
     train.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    train.add_argument("--sync-batchnorm", action="store_true",
+                       help="under torchrun on GPUs: BatchNorm statistics over the global batch "
+                            "(worth it for small per-rank batches)")
+    train.add_argument("--dist-timeout", type=_positive(float), metavar="S",
+                       default=distributed.DEFAULT_TIMEOUT_S,
+                       help="under torchrun: seconds a rank waits for the others before it "
+                            "stops with an error (default: %(default).0f)")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on the test split",
                               description="Print accuracy and the per-class table of a "
@@ -148,19 +164,36 @@ def _train(args: argparse.Namespace) -> None:
     config = replace(config, **{k: v for k, v in changes.items() if v is not None})
     if args.budget_min is not None:
         config = replace(config, budget_min=args.budget_min or None)
+    if args.sync_batchnorm:
+        config = replace(config, sync_batchnorm=True)
     device = resolve_device(args.device)  # checked before anything slow: a typo fails at once
     prepare_out_dir(args.out)  # likewise a folder that cannot be written
     resume = _resume_path(args)
-    print(describe_runtime(device, config.precision))
-    data = load_cifar(root=args.data, seed=config.seed, train_limit=config.train_limit,
-                      eval_limit=config.eval_limit,
-                      source="synthetic" if args.synthetic else "auto")
-    print(f"data: {data!r}")
-    seed_everything(config.seed)  # the initial weights come from the seed too, not only the data
-    model = config.build_model(len(data.classes))
-    result = fit(model, data, config, device=device, out_dir=args.out, resume=resume)
-    result.history.to_csv(args.out / "history.csv", index=False)
-    print(f"saved {result.checkpoint} and {args.out / 'history.csv'}")
+    with (distributed.process_group(device, args.dist_timeout) as world,
+          _quiet_unless(world.is_main)):
+        print(describe_runtime(distributed.rank_device(device, world), config.precision))
+        with distributed.main_first(world):  # rank 0 downloads; the others then read its copy
+            data = load_cifar(root=args.data, seed=config.seed, train_limit=config.train_limit,
+                              eval_limit=config.eval_limit,
+                              source="synthetic" if args.synthetic else "auto")
+        print(f"data: {data!r}")
+        seed_everything(config.seed)  # the initial weights come from the seed, not only the data
+        model = config.build_model(len(data.classes))
+        result = fit(model, data, config, device=device, out_dir=args.out, resume=resume)
+        if world.is_main:
+            result.history.to_csv(args.out / "history.csv", index=False)
+            print(f"saved {result.checkpoint} and {args.out / 'history.csv'}")
+
+
+@contextlib.contextmanager
+def _quiet_unless(speak: bool):
+    """Silence stdout and warnings on ranks other than 0, which would repeat rank 0's lines."""
+    if speak:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -287,6 +320,12 @@ def _error_message(err: Exception) -> str:
             "this looks like a bug in inception: rerun with --debug and report the traceback")
 
 
+def _rank_tag() -> str:
+    """'[rank 1 of 4] ' under torchrun, where every rank reports its own errors; else ''."""
+    size = os.environ.get("WORLD_SIZE", "1")
+    return "" if size in ("", "1") else f"[rank {os.environ.get('RANK', '?')} of {size}] "
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code. The one error boundary of every command."""
     args = build_parser().parse_args(argv)
@@ -296,11 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()
-        print(_interrupted(args), file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank stopped at the same step: say it once
+            print(_interrupted(args), file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the boundary: every failure ends in a message
         if args.debug:
             traceback.print_exc()
-        print(_error_message(err), file=sys.stderr)
+        print(_rank_tag() + _error_message(err), file=sys.stderr)
         return 1
     return 0
