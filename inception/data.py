@@ -23,7 +23,6 @@ from torchvision.datasets.utils import (
     extract_archive,
 )
 
-from inception.distributed import shard_indices
 from inception.errors import ConfigError, DatasetError
 from inception.runtime import quick_mode
 
@@ -463,6 +462,18 @@ def _reflect(index: Tensor, size: int) -> Tensor:
     return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
+def shard_indices(order: Tensor, batch_size: int, rank: int, world_size: int) -> Tensor:
+    """This rank's rows of an epoch's shuffled `order`: its slice of every global batch.
+
+    One process with batch N*b takes batch i as order[i*N*b : (i+1)*N*b]; rank r of N takes the
+    r-th b of those, so together the ranks see exactly that batch. The incomplete last global
+    batch is dropped, as one process drops it. Returns a (steps, batch_size) index tensor.
+    """
+    global_batch = batch_size * world_size
+    steps = len(order) // global_batch
+    return order[:steps * global_batch].view(steps, world_size, batch_size)[:, rank]
+
+
 def _slice_of(share: tuple[int, int], b: int) -> tuple[int, slice]:
     """How many random draws a batch needs, and which of them belong to these `b` images.
 
@@ -548,7 +559,7 @@ class DeviceLoader:
     Rank `rank` of `world_size` data-parallel ranks (training only) yields its slice of each
     global batch of world_size x batch_size: every rank draws the epoch's order and the
     augmentation's random numbers exactly as one process with the global batch would, and keeps
-    its share (`inception.distributed.shard_indices`). The split then stays in host memory and
+    its share (`shard_indices`). The split then stays in host memory and
     each epoch moves only this rank's images to the device, so device memory falls with the
     number of ranks, and the shards change every epoch, reproducibly from the seed.
     """

@@ -1,10 +1,11 @@
 """Data-parallel training under torchrun: the process group, the ranks, and stopping together.
 
 Owns joining and leaving the process group torchrun describes (gloo on the CPU, NCCL on CUDA),
-which rank is the main one, how the training and validation images are shared out between the
-ranks, and the one small message per step that makes every rank stop at the same step. It does
-not train, load data or print. With one process every function here does nothing, so `fit` reads
-the same with or without DDP.
+which rank is the main one, how the validation images are shared out between the ranks, and
+the one small message per step that makes every rank stop at the same step. It does not train,
+load data or print (how a rank takes its share of each training batch is the data loader's
+business: `inception.data.shard_indices`). With one process every function here does nothing,
+so `fit` reads the same with or without DDP.
 """
 
 from __future__ import annotations
@@ -183,18 +184,6 @@ def wrap(model: nn.Module, world: World, device: torch.device,
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                    else None)
-
-
-def shard_indices(order: Tensor, batch_size: int, rank: int, world_size: int) -> Tensor:
-    """This rank's rows of an epoch's shuffled `order`: its slice of every global batch.
-
-    One process with batch N*b takes batch i as order[i*N*b : (i+1)*N*b]; rank r of N takes the
-    r-th b of those, so together the ranks see exactly that batch. The incomplete last global
-    batch is dropped, as one process drops it. Returns a (steps, batch_size) index tensor.
-    """
-    global_batch = batch_size * world_size
-    steps = len(order) // global_batch
-    return order[:steps * global_batch].view(steps, world_size, batch_size)[:, rank]
 
 
 def shard_range(n: int, world: World) -> slice:
