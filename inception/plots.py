@@ -30,6 +30,7 @@ from inception.data import (
     denormalize,
     normalize,
     random_crop_flip,
+    shard_indices,
 )
 
 _RGB = (("R", "tab:red"), ("G", "tab:green"), ("B", "tab:blue"))
@@ -432,6 +433,52 @@ def inception_module_diagram(module: torch.nn.Module, side: int, *,
                  ("conv3", "3x3 convolution"), ("conv5", f"{k}x{k} convolution"),
                  ("pool", "max pooling")])
     _title(fig, f"Inception module with dimension reductions (widths of {name})")
+    return fig
+
+
+def data_parallel_diagram(world_size: int = 2, batch_size: int = 4, *, n_images: int = 40,
+                          seed: int = 0) -> Figure:
+    """One step of data-parallel training, with the batches `inception.data.shard_indices` deals.
+
+    The top row is one process's global batch of world_size x batch_size images (their indices
+    in a shuffled epoch), coloured by the rank that trains each one; the rows below follow the
+    step through DDP: each rank's forward and backward pass, the gradient all-reduce, and the
+    identical optimizer step. The indices come from the loader's own sharding, so the picture
+    shows what the code does.
+    """
+    order = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))
+    shares = [shard_indices(order, batch_size, rank, world_size)[0].tolist()
+              for rank in range(world_size)]
+    colours = sns.color_palette("pastel", world_size).as_hex()
+    span = max(world_size * 3.2, world_size * batch_size * 0.62)
+    fig = _figure(1.1 * span + 1.0, 6.2)
+    ax = fig.add_subplot()
+    ax.set_xlim(-0.5, span + 0.5)
+    ax.set_ylim(-0.6, 5.4)
+    ax.set_axis_off()
+    cell = span / (world_size * batch_size)
+    ax.text(span / 2, 5.15, f"one global batch of {world_size} × {batch_size} images (indices "
+            "in the epoch's shuffled order)", ha="center", fontsize=10)
+    for rank, share in enumerate(shares):
+        for i, index in enumerate(share):
+            _box(ax, (rank * batch_size + i + 0.5) * cell, 4.55, str(index), colours[rank],
+                 width=0.9 * cell, height=0.6, gid=f"rank{rank}", fontsize=9)
+    rank_x = [(rank + 0.5) * span / world_size for rank in range(world_size)]
+    for rank, x in enumerate(rank_x):
+        _arrow(ax, ((rank + 0.5) * batch_size * cell, 4.2), (x, 3.55))
+        _box(ax, x, 3.05, f"rank {rank}: forward + backward\non its {batch_size} images "
+             f"→ gradient g{rank}", colours[rank], width=0.85 * span / world_size, height=0.95,
+             fontsize=9)
+        _arrow(ax, (x, 2.55), (x, 2.05))
+    terms = " + ".join(f"g{rank}" for rank in range(world_size))
+    _box(ax, span / 2, 1.65, f"all-reduce (DDP, overlapped with backward): every rank gets "
+         f"g = ({terms}) / {world_size}", _FILL["reduce"], width=span, height=0.75, fontsize=9)
+    for rank, x in enumerate(rank_x):
+        _arrow(ax, (x, 1.25), (x, 0.8))
+        _box(ax, x, 0.3, f"rank {rank}: the same SGD step\n→ the same weights",
+             colours[rank], width=0.85 * span / world_size, height=0.95, fontsize=9)
+    _title(fig, f"Data-parallel training on {world_size} ranks: one step "
+           f"(global batch {world_size * batch_size} = {world_size} × {batch_size})")
     return fig
 
 

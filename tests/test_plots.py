@@ -213,6 +213,18 @@ def test_network_diagram_without_aux_heads_at_224():
     _check(fig, None)
 
 
+def test_data_parallel_diagram_deals_the_global_batch_as_the_loader_does():
+    fig = plots.data_parallel_diagram(world_size=3, batch_size=2, n_images=30, seed=4)
+    order = torch.randperm(30, generator=torch.Generator().manual_seed(4))
+    ax = fig.axes[0]
+    cells = [p for p in ax.patches if p.get_gid()]
+    assert [p.get_gid() for p in cells] == ["rank0"] * 2 + ["rank1"] * 2 + ["rank2"] * 2
+    numbers = [int(t.get_text()) for t in ax.texts if t.get_text().isdigit()]
+    assert numbers == order[:6].tolist()  # one process's first batch of 6, rank by rank
+    assert "(g0 + g1 + g2) / 3" in " ".join(t.get_text() for t in ax.texts)
+    _check(fig, None)
+
+
 def test_inception_module_diagram_shows_the_modules_widths():
     fig = plots.inception_module_diagram(Inception(192, 64, 96, 128, 16, 32, 32), side=28)
     texts = " ".join(t.get_text() for t in fig.axes[0].texts)
