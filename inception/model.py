@@ -36,6 +36,10 @@ INCEPTION_TABLE: list[tuple[str, int, int, int, int, int, int]] = [
 ]
 STEMS = ("imagenet", "cifar", "cifar16")
 
+# ImageNet's per-channel pixel mean and std: the normalisation every torchvision classifier takes.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 class ConvBNReLU(nn.Module):
     """Convolution without bias, then BatchNorm, then ReLU.
@@ -142,6 +146,10 @@ class GoogLeNet(nn.Module):
             one stride-1 3x3 conv, so 32x32 input keeps 32x32 maps through stage 3, 16x16
             through stage 4 and 8x8 through stage 5.
         five_by_five: False reproduces torchvision's 3x3 kernel in the "5x5" branch.
+        transform_input: True takes ImageNet-normalised input (IMAGENET_MEAN, IMAGENET_STD)
+            and rescales it to the [-1, 1] pixels ((p - 0.5) / 0.5) that torchvision's ported
+            ImageNet weights were trained on, as torchvision's `transform_input` does. It lets
+            those weights take the same input as every other torchvision classifier.
 
     Like torchvision, maxpool4 is 2x2/2 where the paper has 3x3/2; both give 7x7 maps at 224.
 
@@ -153,15 +161,18 @@ class GoogLeNet(nn.Module):
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, aux_logits: bool = True,
                  dropout: float = 0.2, dropout_aux: float = 0.7, width: float = 1.0,
-                 stem: str = "imagenet", five_by_five: bool = True) -> None:
+                 stem: str = "imagenet", five_by_five: bool = True,
+                 transform_input: bool = False) -> None:
         super().__init__()
         _check_arch(num_classes=num_classes, in_channels=in_channels, width=width,
-                    dropout=dropout, dropout_aux=dropout_aux, stem=stem)
+                    dropout=dropout, dropout_aux=dropout_aux, stem=stem,
+                    transform_input=transform_input)
         # Everything needed to rebuild this network (checkpoints store it).
         self.arch = dict(num_classes=num_classes, in_channels=in_channels, aux_logits=aux_logits,
                          dropout=dropout, dropout_aux=dropout_aux, width=width, stem=stem,
-                         five_by_five=five_by_five)
+                         five_by_five=five_by_five, transform_input=transform_input)
         self.in_channels, self.stem, self.aux_logits = in_channels, stem, aux_logits
+        self.transform_input = transform_input
 
         def c(n: int) -> int:
             return _scaled(n, width)
@@ -259,6 +270,8 @@ class GoogLeNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor | GoogLeNetOutputs:
         self._check_input(x)
+        if self.transform_input:
+            x = _imagenet_to_unit_range(x)
         x = self.maxpool2(self.conv3(self.conv2(self.maxpool1(self.conv1(x)))))
         x = self.maxpool3(self.inception3b(self.inception3a(x)))
         x = self.inception4a(x)
@@ -272,6 +285,17 @@ class GoogLeNet(nn.Module):
         return GoogLeNetOutputs(logits, aux2, aux1) if aux_on else logits
 
 
+def _imagenet_to_unit_range(x: Tensor) -> Tensor:
+    """Undo ImageNet normalisation and scale to [-1, 1]: x * std / 0.5 + (mean - 0.5) / 0.5.
+
+    Per channel with Python scalars, as torchvision writes it: the same float operations give
+    the same bits, and no constant tensor has to be copied to the device on every call.
+    """
+    channels = [x[:, c:c + 1] * (std / 0.5) + (mean - 0.5) / 0.5
+                for c, (mean, std) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD, strict=True))]
+    return torch.cat(channels, dim=1)
+
+
 def _autocast_on(device_type: str) -> bool:
     try:
         return torch.is_autocast_enabled(device_type)
@@ -279,10 +303,14 @@ def _autocast_on(device_type: str) -> bool:
         return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
 
 
-def _check_arch(*, num_classes, in_channels, width, dropout, dropout_aux, stem) -> None:
+def _check_arch(*, num_classes, in_channels, width, dropout, dropout_aux, stem,
+                transform_input) -> None:
     """GoogLeNet's arguments must make a network: counts >= 1, width finite and > 0, p in [0, 1]."""
     if stem not in STEMS:
         raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
+    if transform_input and in_channels != 3:
+        raise ConfigError(f"transform_input rescales the 3 channels of RGB images; in_channels is "
+                          f"{in_channels}: use transform_input=False")
     for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")

@@ -42,6 +42,9 @@ CHECKPOINT_FORMAT = "inception-checkpoint-v1"
 _LOAD_KEYS = ("model_name", "arch", "model", "ema", "config", "data", "epoch", "step",
               "train_seconds", "precision", "device", "history")
 _RESUME_KEYS = (*_LOAD_KEYS, "ema_updates", "optimizer", "scaler", "loader", "rng")
+# GoogLeNet arguments added after this format was fixed, with the value older files were made
+# with: filled in on reading, so an older checkpoint still matches the model it was made for.
+_ARCH_ADDED = {"transform_input": False}
 
 
 @dataclass(frozen=True)
@@ -374,6 +377,8 @@ def read_checkpoint(path: str | Path, map_location=None) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an inception checkpoint "
                               f"(expected format {CHECKPOINT_FORMAT!r})")
+    if isinstance(payload.get("arch"), dict):
+        payload["arch"] = {**_ARCH_ADDED, **payload["arch"]}
     return payload
 
 

@@ -9,9 +9,12 @@ import torch.nn.functional as F
 import torchvision
 
 from inception.model import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     GoogLeNet,
     GoogLeNetOutputs,
     Inception,
+    _imagenet_to_unit_range,
     build_model,
     count_parameters,
     fold_batchnorm,
@@ -110,6 +113,25 @@ def test_torchvision_weights_load_and_give_identical_outputs():
         a, b = ours(x), theirs(x)
     for field in ("logits", "aux_logits2", "aux_logits1"):
         torch.testing.assert_close(getattr(a, field), getattr(b, field), atol=1e-5, rtol=0)
+
+
+def test_transform_input_is_torchvisions_and_maps_imagenet_normalisation_to_unit_range():
+    theirs = torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=True,
+                                          init_weights=False)
+    ours = build_model("googlenet", num_classes=1000, aux_logits=False, five_by_five=False,
+                       transform_input=True)
+    assert ours.arch["transform_input"] and not build_model("googlenet").arch["transform_input"]
+    pixels = torch.rand(2, 3, 8, 8)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = (pixels - mean) / std
+    assert torch.equal(_imagenet_to_unit_range(x), theirs._transform_input(x))  # bit for bit
+    torch.testing.assert_close(_imagenet_to_unit_range(x), (pixels - 0.5) / 0.5)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), theirs.eval()(x), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="in_channels is 1: use transform_input=False"):
+        build_model("googlenet", in_channels=1, transform_input=True)
 
 
 def test_default_follows_paper_with_5x5_kernels():

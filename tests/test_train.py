@@ -118,6 +118,14 @@ def test_resume_into_a_different_model_is_a_clear_error(synthetic, tmp_path, cha
             resume=tmp_path / "checkpoint.pt")
 
 
+def test_a_checkpoint_from_before_transform_input_still_fits_its_model(tmp_path):
+    model = T.build_model("googlenet_cifar_small", width=0.125)
+    older = {k: v for k, v in model.arch.items() if k != "transform_input"}
+    path = T.save_checkpoint(tmp_path / "checkpoint.pt",
+                             {"format": T.CHECKPOINT_FORMAT, "arch": older})
+    T.check_compatible(model, T.read_checkpoint(path))  # no error: the argument's old value
+
+
 def test_resume_with_a_different_recipe_is_refused(synthetic, tmp_path):
     _train(synthetic, replace(TINY, epochs=1), out_dir=tmp_path)
     with pytest.raises(ValueError, match="config differs.*lr"):
