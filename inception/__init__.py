@@ -12,6 +12,8 @@ from inception.errors import (
     InceptionError,
     ModelInputError,
     TrainingError,
+    WeightsError,
+    WeightsNotFoundError,
 )
 from inception.model import (
     INCEPTION_TABLE,
@@ -34,15 +36,21 @@ from inception.runtime import (
     seed_everything,
 )
 from inception.train import PRESETS, TrainConfig, fit, get_preset, load_checkpoint
-from inception.weights import Weights, available_weights, get_weights, load_reference
+from inception.weights import (
+    TorchvisionWeights,
+    Weights,
+    available_weights,
+    get_weights,
+    load_reference,
+)
 
 __all__ = [
     "CifarData", "DatasetError", "DeviceLoader", "load_cifar",
     "InceptionError", "ConfigError", "CheckpointError", "CheckpointNotFoundError",
-    "ModelInputError", "TrainingError",
+    "ModelInputError", "TrainingError", "WeightsError", "WeightsNotFoundError",
     "INCEPTION_TABLE", "MODELS", "ConvBNReLU", "GoogLeNet", "GoogLeNetOutputs", "Inception",
     "InceptionAux", "build_model", "count_parameters", "fold_batchnorm", "list_models",
     "choose_precision", "default_device", "describe_runtime", "quick_mode", "seed_everything",
     "PRESETS", "TrainConfig", "fit", "get_preset", "load_checkpoint",
-    "Weights", "available_weights", "get_weights", "load_reference",
+    "Weights", "TorchvisionWeights", "available_weights", "get_weights", "load_reference",
 ]

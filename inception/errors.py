@@ -29,6 +29,15 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """No checkpoint where one was asked for; the message lists any kept-aside ones nearby."""
 
 
+class WeightsError(InceptionError, ValueError):
+    """A weight file is damaged, unreadable or not the network's; the message names the file."""
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """Downloadable weights are not on disk and could not be fetched; the message gives the URL
+    to download and the exact path to put the file at."""
+
+
 class ModelInputError(InceptionError, ValueError):
     """A tensor given to the model has the wrong shape, dtype or size for the network."""
 

@@ -378,19 +378,22 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def build_model(name: str, *, num_classes: int = 10, aux_logits: bool | None = None,
+def build_model(name: str, *, num_classes: int | None = None, aux_logits: bool | None = None,
                 weights: str | None = None, **overrides) -> GoogLeNet:
     """Build a registered GoogLeNet by name; keyword overrides replace the registry's settings.
 
-    `weights` (e.g. "cifar10") loads packaged pretrained weights, checked against their sha256,
-    and returns the model in eval mode, as torchvision's builders do. Packaged weights have no
-    aux heads, so `aux_logits` defaults to False with weights and to True without.
+    `weights` loads pretrained weights and returns the model in eval mode, as torchvision's
+    builders do: "cifar10" (packaged, checked against their sha256) or, for googlenet,
+    "imagenet" (torchvision's, downloaded into torch.hub's cache on first use). The weights fix
+    the network, so `num_classes` defaults to theirs (10 without weights) and `aux_logits` to
+    False (True without weights); aux heads a file holds are loaded, then dropped unless asked.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     kwargs = {**MODELS[name].kwargs, **overrides}
     if weights is None:
-        model = GoogLeNet(num_classes=num_classes, aux_logits=aux_logits is not False, **kwargs)
+        model = GoogLeNet(num_classes=10 if num_classes is None else num_classes,
+                          aux_logits=aux_logits is not False, **kwargs)
         model.name = name
         return model
 
@@ -398,7 +401,11 @@ def build_model(name: str, *, num_classes: int = 10, aux_logits: bool | None = N
 
     pretrained = get_weights(name, weights)
     saved = pretrained.meta["arch"]
-    asked = dict(kwargs, num_classes=num_classes, aux_logits=bool(aux_logits))
+    asked = dict(kwargs, aux_logits=bool(aux_logits))
+    if num_classes is not None:
+        asked["num_classes"] = num_classes
+    if saved["aux_logits"]:  # heads in the file: either answer fits (they go after loading)
+        del asked["aux_logits"]
     differ = {k: (v, saved[k]) for k, v in asked.items() if k in saved and saved[k] != v}
     if differ:
         detail = ", ".join(f"{k}={v!r} (the weights have {w!r})" for k, (v, w) in differ.items())
@@ -407,7 +414,17 @@ def build_model(name: str, *, num_classes: int = 10, aux_logits: bool | None = N
     model = GoogLeNet(**saved)
     model.name = name
     model.load_state_dict(pretrained.state_dict())
+    if saved["aux_logits"] and not aux_logits:
+        _drop_aux_heads(model)
+    elif aux_logits and "aux_note" in pretrained.meta:
+        warnings.warn(pretrained.meta["aux_note"], UserWarning, stacklevel=2)
     return model.eval()
+
+
+def _drop_aux_heads(model: GoogLeNet) -> None:
+    """Remove the auxiliary classifiers, as torchvision does after loading its weights."""
+    model.aux1 = model.aux2 = None
+    model.aux_logits = model.arch["aux_logits"] = False
 
 
 def count_parameters(model: nn.Module) -> int:

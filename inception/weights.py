@@ -1,8 +1,10 @@
-"""Pretrained weights that ship inside the package, in torchvision's manner.
+"""Pretrained weights in torchvision's manner: the ones the package ships, and torchvision's own.
 
-Owns finding, verifying, describing and writing weight files: each is a slim checkpoint
-(`inception/pretrained/<model>-<name>.pt`, loadable with `load_checkpoint`) beside a JSON record
-of how it was made. It builds no networks itself: `model.build_model(..., weights=...)` does.
+Owns finding, verifying, describing and writing weight files. Each shipped one is a slim
+checkpoint (`inception/pretrained/<model>-<name>.pt`, loadable with `load_checkpoint`) beside a
+JSON record of how it was made; torchvision's ImageNet GoogLeNet is downloaded by torchvision
+into torch.hub's cache on first use. It loads weights into no model itself:
+`model.build_model(..., weights=...)` does.
 """
 
 from __future__ import annotations
@@ -11,15 +13,35 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.hub import HASH_REGEX
+from torchvision.models import GoogLeNet_Weights, WeightsEnum
+
+from inception.errors import WeightsError, WeightsNotFoundError
+from inception.model import GoogLeNet
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
 # What every provenance record must say, so a reader can tell exactly what the weights are.
 REQUIRED_META = ("model", "weights", "arch", "classes", "mean", "std", "test_accuracy",
                  "test_accuracy_tta", "val_accuracy", "data_source", "preset", "sha256")
+
+# The network torchvision.models.googlenet builds for its ImageNet weights: 3x3 kernels in the
+# "5x5" branch, the [-1, 1] input its port was trained on (transform_input), and the aux heads
+# the file holds (build_model loads them, then drops them unless asked, as torchvision does).
+# The rest are GoogLeNet's defaults, which are torchvision's. No state_dict key is renamed:
+# model.py names every module as torchvision does, and `_check_fits` proves it for each file.
+IMAGENET_ARCH = dict(num_classes=1000, in_channels=3, aux_logits=True, dropout=0.2,
+                     dropout_aux=0.7, width=1.0, stem="imagenet", five_by_five=False,
+                     transform_input=True)
+
+# Weights torchvision publishes for a registered model: (torchvision's entry, the network's arch).
+TORCHVISION_WEIGHTS: dict[tuple[str, str], tuple[WeightsEnum, dict]] = {
+    ("googlenet", "imagenet"): (GoogLeNet_Weights.IMAGENET1K_V1, IMAGENET_ARCH),
+}
 
 
 @dataclass(frozen=True)
@@ -38,24 +60,57 @@ class Weights:
         return {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
 
 
+@dataclass(frozen=True)
+class TorchvisionWeights(Weights):
+    """Weights torchvision publishes, kept in torch.hub's cache at `path` (fetched on first use).
+
+    `meta` holds what a packaged record holds where it applies (arch, classes, mean, std), the
+    preprocessing (`resize`, `crop`, `interpolation`), the `url` and the `sha256_prefix` that
+    the file's name carries, and torchvision's ImageNet validation accuracies.
+    """
+
+    source: WeightsEnum
+
+    def state_dict(self, progress: bool = True) -> dict[str, Tensor]:
+        """The weights, downloaded by torchvision when not cached, checked whole before use."""
+        if self.path.is_file():
+            _check_cached_file(self)
+        state = _load_from_hub(self, progress)
+        _check_fits(state, self)
+        return state
+
+    def transforms(self) -> nn.Module:
+        """torchvision's preprocessing for these weights: resize, centre crop, to float, normalise.
+
+        It takes a PIL image or a uint8 tensor (C, H, W) and returns the float tensor the model
+        takes: (3, 224, 224) for GoogLeNet, normalised with `meta["mean"]` and `meta["std"]`.
+        """
+        return self.source.transforms()
+
+
 def _record_path(model: str, name: str) -> Path:
     return PRETRAINED_DIR / f"{model}-{name}.json"
 
 
 def available_weights() -> dict[str, list[str]]:
-    """{model name: [weight names]} for every weight file the package ships."""
+    """{model name: [weight names]}: the weight files the package ships, then torchvision's."""
     found: dict[str, list[str]] = {}
     for record in sorted(PRETRAINED_DIR.glob("*.json")):
         meta = json.loads(record.read_text())
         found.setdefault(meta["model"], []).append(meta["weights"])
+    for model, name in TORCHVISION_WEIGHTS:
+        found.setdefault(model, []).append(name)
     return found
 
 
 def get_weights(model: str, name: str) -> Weights:
-    """The packaged weights `name` (e.g. "cifar10") for the registered model `model`.
+    """The weights `name` (e.g. "cifar10") for the registered model `model`.
 
-    Raises ValueError, listing what exists, for a model/weights pair the package does not ship.
+    "imagenet" for googlenet is torchvision's (a `TorchvisionWeights`, nothing downloaded yet).
+    Raises ValueError, listing what exists, for a model/weights pair there is none of.
     """
+    if (model, name) in TORCHVISION_WEIGHTS:
+        return _torchvision_weights(model, name)
     record = _record_path(model, name)
     if not record.is_file():
         have = available_weights()
@@ -67,6 +122,91 @@ def get_weights(model: str, name: str) -> Weights:
         raise ValueError(f"{record} lacks {', '.join(missing)}: the package install is damaged; "
                          "reinstall it")
     return Weights(model, name, record.with_suffix(".pt"), meta)
+
+
+def _torchvision_weights(model: str, name: str) -> TorchvisionWeights:
+    source, arch = TORCHVISION_WEIGHTS[(model, name)]
+    # Where torch.hub.load_state_dict_from_url keeps it: $TORCH_HOME/hub/checkpoints/<file>.
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(source.url).path).name
+    preprocess = source.transforms()
+    metrics = source.meta["_metrics"]["ImageNet-1K"]
+    meta = dict(
+        model=model, weights=name, arch=dict(arch), classes=list(source.meta["categories"]),
+        mean=list(preprocess.mean), std=list(preprocess.std),
+        resize=preprocess.resize_size[0], crop=preprocess.crop_size[0],
+        interpolation=preprocess.interpolation.value,
+        url=source.url, sha256_prefix=HASH_REGEX.search(path.name).group(1),
+        val_accuracy=metrics["acc@1"] / 100, val_accuracy_top5=metrics["acc@5"] / 100,
+        data_source="ImageNet-1K (ILSVRC 2012); the accuracies are torchvision's, on the 50,000 "
+                    "validation images",
+        origin=f"torchvision {type(source).__name__}.{source.name}: {source.meta['_docs']}",
+        aux_note="the aux heads of torchvision's ImageNet GoogLeNet are not pretrained "
+                 "(torchvision warns the same): train them before using their outputs")
+    return TorchvisionWeights(model, name, path, meta, source)
+
+
+def _load_from_hub(weights: TorchvisionWeights, progress: bool) -> dict:
+    """torchvision's own download (sha256 prefix checked) and load, with errors that say what to do.
+
+    weights_only=True: a file in a cache directory is trusted no further than its tensors.
+    """
+    url = weights.meta["url"]
+    try:
+        return weights.source.get_state_dict(progress=progress, check_hash=True,
+                                             map_location="cpu", weights_only=True)
+    except Exception as err:  # no network, a refused or broken download, an unreadable file
+        reason = _first_line(err)
+        if weights.path.is_file():
+            raise WeightsError(f"{weights.path} cannot be read ({reason}): delete it, and the next "
+                               f"use downloads it again from {url}") from err
+        raise WeightsNotFoundError(
+            f"the {weights.name} weights of {weights.model} are not in torch's cache and could "
+            f"not be downloaded ({reason}): download {url} and put it at {weights.path} "
+            "(torch's cache is $TORCH_HOME/hub/checkpoints)") from err
+
+
+def _check_cached_file(weights: TorchvisionWeights) -> None:
+    """The sha256 prefix in the file's name, checked on every use, not only on download.
+
+    torch.hub checks it only when it downloads, and a flipped bit inside a tensor loads silently.
+    """
+    actual, expected = sha256(weights.path), weights.meta["sha256_prefix"]
+    if not actual.startswith(expected):
+        raise WeightsError(
+            f"{weights.path} is damaged or is not the file from {weights.meta['url']}: its sha256 "
+            f"starts {actual[:len(expected)]}, its name promises {expected}. Delete it, and the "
+            "next use downloads it again")
+
+
+def _check_fits(state: dict, weights: TorchvisionWeights) -> None:
+    """Every tensor of the network in the file with the network's shape, and nothing else.
+
+    Checked before anything is loaded, so a file that does not fit never half-loads a model.
+    """
+    with torch.device("meta"):  # shapes only: nothing allocated or initialised
+        network = GoogLeNet(**weights.meta["arch"])
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsError(f"{weights.path} holds no state_dict of tensors: delete it, and the "
+                           "next use downloads it again")
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    reshaped = [f"{k} is {found[k]}, not {expected[k]}"
+                for k in sorted(expected.keys() & found.keys()) if found[k] != expected[k]]
+    problems = [f"{len(keys)} {what} (first: {keys[0]})" for what, keys in
+                (("keys missing", missing), ("unexpected keys", unexpected),
+                 ("tensors of another shape", reshaped)) if keys]
+    if problems:
+        raise WeightsError(
+            f"{weights.path} does not fit {weights.model} as torchvision builds it for its "
+            f"{weights.name} weights: {'; '.join(problems)}. Delete it, and the next use "
+            "downloads it again")
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def sha256(path: str | Path) -> str:

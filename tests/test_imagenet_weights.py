@@ -1,0 +1,199 @@
+"""torchvision's ImageNet GoogLeNet in the package's model, tested offline.
+
+A randomly initialised torchvision GoogLeNet, saved under the real file's name in a temporary
+TORCH_HOME, stands in for the downloaded file; every test blocks the network.
+"""
+
+import dataclasses
+import shutil
+import urllib.error
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torchvision.models import GoogLeNet_Weights
+
+import inception.weights as W
+from inception.errors import InceptionError, WeightsError, WeightsNotFoundError
+from inception.model import IMAGENET_MEAN, IMAGENET_STD, GoogLeNetOutputs, build_model, list_models
+
+SOURCE = GoogLeNet_Weights.IMAGENET1K_V1
+FILE = "googlenet-1378be20.pth"  # the name torch.hub gives the download of SOURCE.url
+
+
+def _cache_file(torch_home: Path) -> Path:
+    return torch_home / "hub" / "checkpoints" / FILE
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any download fails as it does offline (torch.hub calls this to fetch a missing file)."""
+    def refuse(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory) -> Path:
+    """A random torchvision GoogLeNet with aux heads, as state_dict, away from its identity init.
+
+    torchvision's init (weights N(0, 0.01), BatchNorm as the identity) shrinks activations to
+    nothing by the classifier, where any two networks agree; Kaiming convolutions and drawn
+    BatchNorm statistics keep the logits O(1), so their equality means something.
+    """
+    torch.manual_seed(0)
+    model = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    path = _cache_file(tmp_path_factory.mktemp("torch_home"))
+    path.parent.mkdir(parents=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def _expect_prefix(monkeypatch, prefix: str) -> None:
+    """Make get_weights promise `prefix` as the file's sha256 prefix instead of the real file's.
+
+    No random file can have the real one (1378be20), so the tests stand in their own; the
+    check of the prefix itself is unchanged, and tested below with a damaged file.
+    """
+    real = W.get_weights
+
+    def with_prefix(model, name):
+        found = real(model, name)
+        return dataclasses.replace(found, meta={**found.meta, "sha256_prefix": prefix})
+
+    monkeypatch.setattr(W, "get_weights", with_prefix)
+
+
+@pytest.fixture
+def cached(stand_in, monkeypatch) -> Path:
+    """TORCH_HOME holding the stand-in, which get_weights takes for the real file."""
+    monkeypatch.setenv("TORCH_HOME", str(stand_in.parents[2]))
+    _expect_prefix(monkeypatch, W.sha256(stand_in)[:8])
+    return stand_in
+
+
+def test_imagenet_weights_give_torchvisions_logits_from_the_same_file(cached):
+    ours = build_model("googlenet", num_classes=1000, weights="imagenet")
+    theirs = torchvision.models.googlenet(weights=SOURCE).eval()  # reads the same cached file
+    assert not ours.training and ours.arch["transform_input"] and not ours.arch["five_by_five"]
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        logits, expected = ours(x), theirs(x)
+    assert logits.shape == (2, 1000) and expected.std() > 0.1  # O(1) logits, not all ~0
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)  # the same operations: exact
+    assert build_model("googlenet", weights="imagenet").fc.out_features == 1000  # the default
+
+
+def test_aux_heads_are_loaded_then_dropped_unless_asked_for(cached):
+    state = torch.load(cached, weights_only=True)
+    plain = build_model("googlenet", weights="imagenet")
+    assert plain.aux1 is None and plain.aux2 is None and not plain.arch["aux_logits"]
+    assert plain.state_dict().keys() == {k for k in state if not k.startswith("aux")}
+    with pytest.warns(UserWarning, match="aux heads .* not pretrained"):
+        with_aux = build_model("googlenet", weights="imagenet", aux_logits=True)
+    loaded = with_aux.state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)  # every tensor, aux heads too
+    outputs = with_aux.train()(torch.randn(2, 3, 224, 224))
+    assert isinstance(outputs, GoogLeNetOutputs) and outputs.aux_logits1.shape == (2, 1000)
+
+
+def test_class_names_and_preprocessing_come_with_the_weights():
+    weights = W.get_weights("googlenet", "imagenet")  # nothing downloaded for its description
+    meta = weights.meta
+    assert meta["classes"] == SOURCE.meta["categories"] and len(meta["classes"]) == 1000
+    assert meta["classes"][0] == "tench" and meta["url"] == SOURCE.url
+    assert (meta["resize"], meta["crop"], meta["interpolation"]) == (256, 224, "bilinear")
+    assert tuple(meta["mean"]) == IMAGENET_MEAN and tuple(meta["std"]) == IMAGENET_STD
+    gray = torch.full((3, 300, 400), 128, dtype=torch.uint8)  # a flat image stays flat
+    x = weights.transforms()(gray)
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(x, ((128 / 255 - mean) / std).view(3, 1, 1).expand(3, 224, 224))
+    assert "imagenet" in [r for r in list_models() if r["name"] == "googlenet"][0]["weights"]
+
+
+def test_missing_file_offline_names_the_url_and_the_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "elsewhere"))
+    with pytest.raises(WeightsNotFoundError) as err:
+        build_model("googlenet", weights="imagenet")
+    message = str(err.value)
+    assert SOURCE.url in message and str(_cache_file(tmp_path / "elsewhere")) in message
+    assert "Temporary failure in name resolution" in message and "\n" not in message
+    assert isinstance(err.value, InceptionError) and isinstance(err.value, FileNotFoundError)
+    assert not any(_cache_file(tmp_path / "elsewhere").parent.iterdir())  # no partial file
+
+
+def test_a_damaged_cached_file_is_refused_by_name(stand_in, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = _cache_file(tmp_path)
+    path.parent.mkdir(parents=True)
+    _expect_prefix(monkeypatch, W.sha256(stand_in)[:8])
+    data = bytearray(stand_in.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a tensor: torch.load alone would not notice
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=f"{path} is damaged .* Delete it"):
+        build_model("googlenet", weights="imagenet")
+    path.write_bytes(stand_in.read_bytes()[:1000])  # a download cut short
+    with pytest.raises(WeightsError, match=f"{path} is damaged"):
+        build_model("googlenet", weights="imagenet")
+
+
+def _cache(tmp_path, monkeypatch, write) -> Path:
+    """TORCH_HOME holding a file made by `write(path)`, taken for the real one."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = _cache_file(tmp_path)
+    path.parent.mkdir(parents=True)
+    write(path)
+    _expect_prefix(monkeypatch, W.sha256(path)[:8])
+    return path
+
+
+@pytest.mark.parametrize("network, problem", [
+    (lambda: torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False),
+     r"20 keys missing \(first: aux1\.conv\.bn\.bias\)"),  # 2 aux heads of 10 tensors
+    (lambda: build_model("googlenet", num_classes=1000),  # the paper's 5x5 kernels
+     r"tensors of another shape \(first: inception3a\.branch3\.1\.conv\.weight is "
+     r"\(32, 16, 5, 5\), not \(32, 16, 3, 3\)\)"),
+], ids=["without_aux_heads", "with_5x5_kernels"])
+def test_a_file_of_another_network_is_refused_before_anything_loads(
+        tmp_path, monkeypatch, network, problem):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's note on its init_weights default
+        state = network().state_dict()
+    path = _cache(tmp_path, monkeypatch, lambda p: torch.save(state, p))
+    with pytest.raises(WeightsError, match=f"{path} does not fit googlenet.*{problem}"):
+        build_model("googlenet", weights="imagenet")
+
+
+def test_an_unreadable_file_is_refused_by_name(tmp_path, monkeypatch):
+    path = _cache(tmp_path, monkeypatch, lambda p: p.write_bytes(b"<html>404</html>"))
+    with pytest.raises(WeightsError, match=f"{path} cannot be read .* delete it"):
+        build_model("googlenet", weights="imagenet")
+    path.unlink()
+    shutil.copy(W.PRETRAINED_DIR / "googlenet_cifar_small-cifar10.pt", path)  # not a state_dict
+    _expect_prefix(monkeypatch, W.sha256(path)[:8])
+    with pytest.raises(WeightsError, match=f"{path} holds no state_dict of tensors"):
+        build_model("googlenet", weights="imagenet")
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(num_classes=10), "num_classes=10"),
+    (dict(five_by_five=True), "five_by_five=True"),
+    (dict(transform_input=False), "transform_input=False"),
+])
+def test_imagenet_weights_refuse_a_network_they_do_not_fit(kwargs, named):
+    with pytest.raises(ValueError, match=f"do not fit {named}"):
+        build_model("googlenet", weights="imagenet", **kwargs)
