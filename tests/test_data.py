@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import write_tiny_cifar10
 
+import inception
 from inception import data as D
 from inception.data import DatasetError, DeviceLoader, load_cifar
 
@@ -71,7 +72,7 @@ def test_cifar100_loads_through_the_same_call(tmp_path):
 def test_data_root_defaults_to_the_repository_and_follows_the_environment(monkeypatch,
                                                                          tmp_path):
     monkeypatch.delenv("INCEPTION_DATA", raising=False)
-    assert D.default_root() == Path(D.__file__).resolve().parents[1] / "data"
+    assert D.default_root() == Path(inception.__file__).resolve().parents[1] / "data"
     monkeypatch.setenv("INCEPTION_DATA", str(tmp_path))
     assert D.default_root() == tmp_path
 
