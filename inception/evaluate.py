@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from inception.data import CifarData, DeviceLoader
+from inception.data import DeviceLoader, ImageData
 from inception.explain import BRANCHES, branch_path, forward_hooks
 from inception.model import Inception, fold_batchnorm
 from inception.runtime import (
@@ -285,7 +285,7 @@ class EvalReport:
         return f"EvalReport({self.summary()})"
 
 
-def evaluate(model: nn.Module, data: CifarData, split: str = "test", *, tta: bool = False,
+def evaluate(model: nn.Module, data: ImageData, split: str = "test", *, tta: bool = False,
              batch_size: int | None = None, device: torch.device | str | None = None,
              precision: str = "auto") -> EvalReport:
     """Predict one split of `data` and compute accuracy, confusion and per-class tables.
@@ -338,7 +338,7 @@ def _out_channels(branch: nn.Module) -> int:
     return [m for m in branch.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
 
-def branch_ablation(model: nn.Module, data: CifarData, module: str = "inception4c",
+def branch_ablation(model: nn.Module, data: ImageData, module: str = "inception4c",
                     split: str = "val", *, batch_size: int | None = None,
                     device: torch.device | str | None = None) -> pd.DataFrame:
     """Accuracy with each branch of one Inception module silenced in turn, and the drop.

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from inception import distributed
-from inception.data import CifarData, DeviceLoader
+from inception.data import DeviceLoader, ImageData
 from inception.errors import CheckpointError, CheckpointNotFoundError, ConfigError, TrainingError
 from inception.model import MODELS, GoogLeNet, build_model, count_parameters, fold_batchnorm
 from inception.runtime import (
@@ -494,7 +494,7 @@ def lr_scale(config: TrainConfig, world_size: int) -> tuple[float, str]:
     return math.sqrt(world_size), "square-root scaling rule for AdamW (Malladi et al. 2022)"
 
 
-def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
+def fit(model: GoogLeNet, data: ImageData, config: TrainConfig, *,
         device: torch.device | str | None = None, out_dir: str | Path | None = None,
         resume: str | Path | None = None, progress: bool = True) -> TrainResult:
     """Train `model` on `data` as `config` says; checkpoint every epoch into `out_dir`.
@@ -574,7 +574,7 @@ def fit(model: GoogLeNet, data: CifarData, config: TrainConfig, *,
 # The named steps of `fit`, in the order it takes them.
 
 
-def _build_loaders(data: CifarData, config: TrainConfig, device: torch.device,
+def _build_loaders(data: ImageData, config: TrainConfig, device: torch.device,
                    world: distributed.World) -> tuple[DeviceLoader, DeviceLoader | None]:
     """This rank's training loader and its part of the validation images (None: no validation).
 
@@ -652,7 +652,7 @@ def _checkpoint_path(out_dir: str | Path | None, resume: str | Path | None, prog
     return path
 
 
-def _print_header(data: CifarData, run: _Run, plan: _Plan) -> None:
+def _print_header(data: ImageData, run: _Run, plan: _Plan) -> None:
     """What is trained, on what, and how: the lines above the epoch table."""
     config = plan.config
     width = "" if config.width is None else f" at width {config.width}"
@@ -764,7 +764,7 @@ def _show_progress(run: _Run, plan: _Plan, bar: tqdm, sums: Tensor, epoch_start_
 
 
 def _end_epoch(run: _Run, plan: _Plan, sums: list[float], lr: float, seconds: float,
-               val_loader: DeviceLoader | None, data: CifarData) -> None:
+               val_loader: DeviceLoader | None, data: ImageData) -> None:
     """Check the epoch's loss, validate, add its row to the history, save the checkpoint."""
     loss_sum, correct, n = sums
     _check_finite_loss(loss_sum, run.epoch + 1, plan.checkpoint_path, plan.config,
@@ -788,7 +788,7 @@ def _end_epoch(run: _Run, plan: _Plan, sums: list[float], lr: float, seconds: fl
             save_checkpoint(plan.checkpoint_path, _checkpoint_payload(run, plan, data))
 
 
-def _checkpoint_payload(run: _Run, plan: _Plan, data: CifarData) -> dict:
+def _checkpoint_payload(run: _Run, plan: _Plan, data: ImageData) -> dict:
     """What `load_checkpoint` and a resume read. Only `global_batch` depends on the number of
     ranks, and a resume on another number recounts the steps from it."""
     return dict(

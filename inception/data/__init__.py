@@ -1,6 +1,6 @@
 """Datasets as uint8 tensors in memory, and the device-resident loader that batches them.
 
-Split by concern: `dataset` (the in-memory data object and its statistics), `cifar` (CIFAR
+Split by concern: `dataset` (`ImageData`, the in-memory data, and its statistics), `cifar` (CIFAR
 files), `augment` (batch transforms) and `loader` (batches on the device). This file only
 re-exports them, so `from inception.data import X` names the same objects as before the split.
 It knows nothing about models or training loops.
@@ -18,12 +18,12 @@ from inception.data.cifar import (
     load_cifar,
     make_synthetic,
 )
-from inception.data.dataset import CifarData, channel_stats, default_root
+from inception.data.dataset import CifarData, ImageData, channel_stats, default_root
 from inception.data.loader import DeviceLoader, shard_indices
 from inception.errors import ConfigError, DatasetError
 
 __all__ = [
-    "CifarData", "DeviceLoader", "load_cifar", "make_synthetic", "default_root",
+    "ImageData", "CifarData", "DeviceLoader", "load_cifar", "make_synthetic", "default_root",
     "channel_stats", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN",
     "CIFAR100_STD", "PUBLISHED_STATS", "normalize", "denormalize", "random_crop_flip", "cutout",
     "shard_indices", "ConfigError", "DatasetError",

@@ -1,7 +1,7 @@
 """CIFAR-10/100: finding, downloading, verifying and decoding them, and a seeded split.
 
 Owns the official files and their safe reading, and the synthetic stand-in for offline runs.
-It returns a `CifarData` and knows nothing about batches, models or training loops.
+It returns an `ImageData` and knows nothing about batches, models or training loops.
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from torchvision.datasets.utils import (
     extract_archive,
 )
 
-from inception.data.dataset import _PRETTY, CifarData, _relative, channel_stats, default_root
+from inception.data.dataset import (
+    _PRETTY,
+    ImageData,
+    _relative,
+    channel_stats,
+    default_root,
+)
 from inception.errors import DatasetError
 from inception.runtime import quick_mode
 
@@ -41,7 +47,7 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
 
 def load_cifar(name: str = "cifar10", root: str | Path | None = None, *, source: str = "auto",
                val_size: int = 5000, seed: int = 0, train_limit: int | None = None,
-               eval_limit: int | None = None, download: bool = True) -> CifarData:
+               eval_limit: int | None = None, download: bool = True) -> ImageData:
     """Load CIFAR-10 or CIFAR-100 with a seeded train/validation split.
 
     source="auto" reads the dataset from `root`, downloading and verifying the official archive
@@ -111,9 +117,9 @@ def make_synthetic(n: int, num_classes: int = 10, *, seed: int = 0) -> tuple[Ten
 
 
 def _assemble(name, source, classes, train_x, train_y, val_x, val_y, test_x, test_y, seed,
-              root) -> CifarData:
+              root) -> ImageData:
     mean, std = channel_stats(train_x)
-    return CifarData(name, source, list(classes), train_x, train_y, val_x, val_y, test_x, test_y,
+    return ImageData(name, source, list(classes), train_x, train_y, val_x, val_y, test_x, test_y,
                      mean, std, seed, root)
 
 

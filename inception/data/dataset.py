@@ -1,8 +1,8 @@
 """The in-memory dataset every loader returns, and what all datasets share.
 
-Owns `CifarData` (three splits of uint8 image tensors with their class names and channel
-statistics), where data lives by default, and the statistics themselves. It reads no files:
-`inception.data.cifar` does that.
+Owns `ImageData` (three splits of uint8 image tensors with their class names and channel
+statistics), the seeded hold-out split, where data lives by default, and the statistics. It
+reads no files: `inception.data.cifar` and `inception.data.folder` do that.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ _PRETTY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
 @dataclass
-class CifarData:
-    """Images as uint8 tensors of shape (N, 3, 32, 32) with int64 labels, for three splits."""
+class ImageData:
+    """Images as uint8 tensors of shape (N, 3, H, W) with int64 labels, for three splits.
 
-    name: str  # "cifar10" or "cifar100"
-    source: str  # "official", "unofficial copy" or "synthetic"
+    CIFAR and image folders both load into it, so training and evaluation take either.
+    """
+
+    name: str  # "cifar10", "cifar100", or an image folder's own name
+    source: str  # "official", "unofficial copy", "synthetic" or "image folder"
     classes: list[str]
     train_images: Tensor
     train_labels: Tensor
@@ -37,6 +40,9 @@ class CifarData:
     std: tuple[float, float, float]
     seed: int = 0
     root: str | None = None
+    # The loader's keyword arguments that rebuild exactly this data (recorded in checkpoints,
+    # so `evaluate` can reload an image folder as it was split); None for CIFAR.
+    load_args: dict | None = None
 
     def __post_init__(self) -> None:
         """Check the splits against each other and against `classes` (also on every `replace`).
@@ -46,26 +52,26 @@ class CifarData:
         """
         n = len(self.classes)
         if n < 1:
-            raise DatasetError("CifarData needs at least one class name in `classes`")
+            raise DatasetError(f"{self._kind} needs at least one class name in `classes`")
         for split in ("train", "val", "test"):
             images, labels = self.split(split)
             if (not isinstance(images, Tensor) or images.dtype != torch.uint8
                     or images.dim() != 4 or images.shape[1] != 3):
                 got = (f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor)
                        else type(images).__name__)
-                raise DatasetError(f"CifarData.{split}_images must be a uint8 tensor "
+                raise DatasetError(f"{self._kind}.{split}_images must be a uint8 tensor "
                                    f"(N, 3, H, W), got {got}")
             if (not isinstance(labels, Tensor) or labels.dtype != torch.int64
                     or labels.shape != images.shape[:1]):
                 got = (f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, Tensor)
                        else type(labels).__name__)
-                raise DatasetError(f"CifarData.{split}_labels must be an int64 tensor with one "
+                raise DatasetError(f"{self._kind}.{split}_labels must be an int64 tensor with one "
                                    f"label per image ({len(images)}), got {got}")
             if len(labels) and (labels.min() < 0 or labels.max() >= n):
                 raise DatasetError(
-                    f"CifarData.{split}_labels run from {labels.min().item()} to "
+                    f"{self._kind}.{split}_labels run from {labels.min().item()} to "
                     f"{labels.max().item()}, outside [0, {n}) for its {n} classes")
-        _check_stats(self.mean, self.std, "CifarData")
+        _check_stats(self.mean, self.std, self._kind)
 
     def check_num_classes(self, num_classes: int) -> None:
         """Raise a ConfigError unless a model with `num_classes` outputs fits these classes.
@@ -80,11 +86,23 @@ class CifarData:
                 "(len(data.classes)), or use data with as many classes as the model")
 
     @property
+    def _kind(self) -> str:
+        return type(self).__name__
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of every image."""
+        return tuple(self.train_images.shape[-2:])
+
+    @property
     def title(self) -> str:
         """How results from this data should be labelled, e.g. 'CIFAR-10 (unofficial copy)'."""
         if self.source == "synthetic":
             return f"synthetic stand-in for {_PRETTY[self.name]} (random images)"
-        return f"{_PRETTY[self.name]} ({self.source})"
+        if self.name in _PRETTY:
+            return f"{_PRETTY[self.name]} ({self.source})"
+        height, width = self.image_size
+        return f"{self.name} ({self.source}, {height}x{width})"
 
     def split(self, split: str) -> tuple[Tensor, Tensor]:
         """The (images, labels) of 'train', 'val' or 'test'."""
@@ -97,11 +115,17 @@ class CifarData:
         return dict(name=self.name, source=self.source, title=self.title, root=self.root,
                     seed=self.seed, classes=list(self.classes), mean=list(self.mean),
                     std=list(self.std), n_train=len(self.train_labels),
-                    n_val=len(self.val_labels), n_test=len(self.test_labels))
+                    n_val=len(self.val_labels), n_test=len(self.test_labels),
+                    image_size=list(self.image_size),
+                    load_args=dict(self.load_args) if self.load_args is not None else None)
 
     def __repr__(self) -> str:
-        return (f"CifarData({self.title}: {len(self.train_labels)} train, "
+        return (f"{self._kind}({self.title}: {len(self.train_labels)} train, "
                 f"{len(self.val_labels)} val, {len(self.test_labels)} test)")
+
+
+# The name the course's notebooks and older code use; CIFAR loads into the same class.
+CifarData = ImageData
 
 
 def default_root() -> Path:
