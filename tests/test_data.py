@@ -100,6 +100,17 @@ def test_split_is_seeded_and_disjoint(tiny_root):
     assert not any(bytes(x.flatten().tolist()) in train_rows for x in a.val_images)
 
 
+def test_split_indices_deal_one_seeded_permutation_in_order():
+    perm = torch.randperm(20, generator=torch.Generator().manual_seed(3))
+    val, train = D.split_indices(20, [5], seed=3)  # CIFAR's rule: the first 5 are validation
+    assert val.tolist() == sorted(perm[:5].tolist()) and train.tolist() == sorted(perm[5:].tolist())
+    val, test, train = D.split_indices(20, [5, 4], seed=3)
+    assert val.tolist() == sorted(perm[:5].tolist())
+    assert test.tolist() == sorted(perm[5:9].tolist()) and len(train) == 11
+    with pytest.raises(ValueError, match="cannot hold out"):
+        D.split_indices(5, [4, 2])
+
+
 def test_missing_data_and_no_network_says_where_to_put_the_archive(tmp_path, no_network):
     with pytest.raises(DatasetError) as err:
         load_cifar(root=tmp_path)

@@ -18,13 +18,21 @@ from inception.data.cifar import (
     load_cifar,
     make_synthetic,
 )
-from inception.data.dataset import CifarData, ImageData, channel_stats, default_root
+from inception.data.dataset import (
+    CifarData,
+    ImageData,
+    channel_stats,
+    default_root,
+    split_indices,
+)
 from inception.data.loader import DeviceLoader, shard_indices
 from inception.errors import ConfigError, DatasetError
 
 __all__ = [
-    "ImageData", "CifarData", "DeviceLoader", "load_cifar", "make_synthetic", "default_root",
-    "channel_stats", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN",
-    "CIFAR100_STD", "PUBLISHED_STATS", "normalize", "denormalize", "random_crop_flip", "cutout",
-    "shard_indices", "ConfigError", "DatasetError",
+    "ImageData", "CifarData", "channel_stats", "split_indices", "default_root",
+    "load_cifar", "make_synthetic", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD",
+    "CIFAR100_MEAN", "CIFAR100_STD", "PUBLISHED_STATS",
+    "normalize", "denormalize", "random_crop_flip", "cutout",
+    "DeviceLoader", "shard_indices",
+    "ConfigError", "DatasetError",
 ]

@@ -27,6 +27,7 @@ from inception.data.dataset import (
     _relative,
     channel_stats,
     default_root,
+    split_indices,
 )
 from inception.errors import DatasetError
 from inception.runtime import quick_mode
@@ -92,8 +93,7 @@ def load_cifar(name: str = "cifar10", root: str | Path | None = None, *, source:
         raise DatasetError(f"{folder} holds {len(train_y)} training images, too few to hold "
                            f"out {val_size} for validation (val_size): is the dataset "
                            "complete? Delete the folder and run again to re-download it")
-    perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = perm[:val_size].sort().values, perm[val_size:].sort().values
+    val_idx, train_idx = split_indices(len(train_y), [val_size], seed)
     train_idx = train_idx[:train_limit]
     val_idx, test_idx = val_idx[:eval_limit], torch.arange(len(test_y))[:eval_limit]
     return _assemble(name, "official" if official else "unofficial copy", classes,

@@ -7,8 +7,10 @@ reads no files: `inception.data.cifar` and `inception.data.folder` do that.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +138,21 @@ def default_root() -> Path:
     if (checkout / "pyproject.toml").is_file():
         return checkout / "data"
     return Path.cwd() / "data"
+
+
+def split_indices(n: int, held_out: Sequence[int], seed: int = 0) -> list[Tensor]:
+    """Seeded disjoint parts of range(n): one of each size in `held_out`, then the rest.
+
+    One permutation from `seed` deals them in order (the first held_out[0] indices, the next
+    held_out[1], ..., and the remainder), each returned sorted, so images keep their file
+    order. CIFAR holds out (val_size,) of its training images this way; an image folder without
+    val/ or test/ holds them out of train/ by the same rule.
+    """
+    if any(k < 0 for k in held_out) or sum(held_out) > n:
+        raise ValueError(f"cannot hold out {list(held_out)} of {n} items")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    bounds = [0, *itertools.accumulate(held_out), n]
+    return [perm[a:b].sort().values for a, b in itertools.pairwise(bounds)]
 
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
