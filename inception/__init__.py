@@ -3,7 +3,7 @@
 `inception.plots` is not imported here, so training never needs matplotlib.
 """
 
-from inception.data import CifarData, DeviceLoader, ImageData, load_cifar
+from inception.data import CifarData, DeviceLoader, ImageData, load_cifar, load_folder
 from inception.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -45,7 +45,7 @@ from inception.weights import (
 )
 
 __all__ = [
-    "CifarData", "DatasetError", "DeviceLoader", "ImageData", "load_cifar",
+    "CifarData", "DatasetError", "DeviceLoader", "ImageData", "load_cifar", "load_folder",
     "InceptionError", "ConfigError", "CheckpointError", "CheckpointNotFoundError",
     "ModelInputError", "TrainingError", "WeightsError", "WeightsNotFoundError",
     "INCEPTION_TABLE", "MODELS", "ConvBNReLU", "GoogLeNet", "GoogLeNetOutputs", "Inception",

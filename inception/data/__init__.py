@@ -1,9 +1,9 @@
 """Datasets as uint8 tensors in memory, and the device-resident loader that batches them.
 
 Split by concern: `dataset` (`ImageData`, the in-memory data, and its statistics), `cifar` (CIFAR
-files), `augment` (batch transforms) and `loader` (batches on the device). This file only
-re-exports them, so `from inception.data import X` names the same objects as before the split.
-It knows nothing about models or training loops.
+files), `folder` (image folders and their cache), `augment` (batch transforms) and `loader`
+(batches on the device). This file only re-exports them, so `from inception.data import X`
+names the same objects as before the split. It knows nothing about models or training loops.
 """
 
 from inception.data.augment import cutout, denormalize, normalize, random_crop_flip
@@ -25,6 +25,7 @@ from inception.data.dataset import (
     default_root,
     split_indices,
 )
+from inception.data.folder import available_memory, load_folder, read_image
 from inception.data.loader import DeviceLoader, shard_indices
 from inception.errors import ConfigError, DatasetError
 
@@ -32,6 +33,7 @@ __all__ = [
     "ImageData", "CifarData", "channel_stats", "split_indices", "default_root",
     "load_cifar", "make_synthetic", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD",
     "CIFAR100_MEAN", "CIFAR100_STD", "PUBLISHED_STATS",
+    "load_folder", "read_image", "available_memory",
     "normalize", "denormalize", "random_crop_flip", "cutout",
     "DeviceLoader", "shard_indices",
     "ConfigError", "DatasetError",
