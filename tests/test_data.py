@@ -222,6 +222,54 @@ def test_cutout_zeroes_one_square_per_image():
     assert torch.equal(out[:, 0] == 0, out[:, 2] == 0)  # same hole in every channel
 
 
+def test_resized_crop_matches_torchvision_box_by_box():
+    import torchvision.transforms.v2.functional as TF
+
+    images = torch.randint(0, 256, (3, 3, 40, 50), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    boxes = [(5, 7, 10, 10), (3, 2, 17, 29), (0, 0, 40, 50)]  # enlarged, shrunk, whole
+    flip = torch.tensor([True, False, True])
+    out = D.resized_crop(images, torch.tensor(boxes, dtype=torch.float32), (30, 24), flip)
+    for image, box, mirrored, got in zip(images, boxes, flip, out, strict=True):
+        want = TF.resized_crop(image.float(), *box, [30, 24], antialias=False)
+        want = want.flip(-1) if mirrored else want
+        assert torch.allclose(got, want, atol=1e-2)
+
+
+def test_random_resized_crops_differ_per_image_and_keep_the_whole_at_full_scale():
+    image = torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(1))
+    batch = image.expand(32, 3, 48, 48).contiguous()
+    whole = D.random_resized_crop_flip(batch, scale=(1, 1), ratio=(1, 1),
+                                       generator=torch.Generator().manual_seed(0))
+    plain = (whole - image.float()).abs().flatten(1).amax(1) < 0.01
+    mirrored = (whole - image.flip(-1).float()).abs().flatten(1).amax(1) < 0.01
+    assert (plain | mirrored).all() and plain.any() and mirrored.any()
+    crops = D.random_resized_crop_flip(batch, generator=torch.Generator().manual_seed(0))
+    assert crops.shape == (32, 3, 48, 48) and crops.dtype == torch.float32
+    assert len({round(c.sum().item()) for c in crops}) > 25  # each image its own box
+
+
+def test_random_resized_crop_gives_each_rank_its_share_of_one_draw():
+    images = torch.randint(0, 256, (8, 3, 72, 72), dtype=torch.uint8)
+    one = D.random_resized_crop_flip(images, generator=torch.Generator().manual_seed(4))
+    ranks = [D.random_resized_crop_flip(images[4 * r:4 * (r + 1)], share=(r, 2),
+                                        generator=torch.Generator().manual_seed(4))
+             for r in (0, 1)]
+    assert torch.equal(one, torch.cat(ranks))
+
+
+def test_loader_picks_the_crop_by_image_size():
+    for side, crop in ((32, "pad"), (64, "pad"), (96, "resized")):
+        images = torch.zeros(4, 3, side, side, dtype=torch.uint8)
+        loader = DeviceLoader(images, torch.arange(4), batch_size=2, mean=(0.5,) * 3,
+                              std=(0.5,) * 3, train=True)
+        assert loader.crop == crop and next(iter(loader))[0].shape == (2, 3, side, side)
+    with pytest.raises(ValueError, match="crop must be one of"):
+        DeviceLoader(images, torch.arange(4), batch_size=2, mean=(0.5,) * 3, std=(0.5,) * 3,
+                     crop="random")
+
+
 def test_loader_keeps_labels_aligned_through_shuffle_and_augmentation():
     labels = torch.arange(100) % 10
     images = (labels * 25).to(torch.uint8).view(-1, 1, 1, 1).expand(100, 3, 32, 32).contiguous()

@@ -6,7 +6,16 @@ files), `folder` (image folders and their cache), `augment` (batch transforms) a
 names the same objects as before the split. It knows nothing about models or training loops.
 """
 
-from inception.data.augment import cutout, denormalize, normalize, random_crop_flip
+from inception.data.augment import (
+    SMALL_SIDE,
+    cutout,
+    default_crop,
+    denormalize,
+    normalize,
+    random_crop_flip,
+    random_resized_crop_flip,
+    resized_crop,
+)
 from inception.data.cifar import (
     _TORCHVISION,  # noqa: F401 - tests patch its checksums
     CIFAR10_CLASSES,
@@ -34,7 +43,8 @@ __all__ = [
     "load_cifar", "make_synthetic", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD",
     "CIFAR100_MEAN", "CIFAR100_STD", "PUBLISHED_STATS",
     "load_folder", "read_image", "available_memory",
-    "normalize", "denormalize", "random_crop_flip", "cutout",
+    "normalize", "denormalize", "random_crop_flip", "cutout", "resized_crop",
+    "random_resized_crop_flip", "default_crop", "SMALL_SIDE",
     "DeviceLoader", "shard_indices",
     "ConfigError", "DatasetError",
 ]

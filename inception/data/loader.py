@@ -9,7 +9,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from inception.data.augment import cutout, normalize, random_crop_flip
+from inception.data.augment import (
+    CROPS,
+    cutout,
+    default_crop,
+    normalize,
+    random_crop_flip,
+    random_resized_crop_flip,
+)
 from inception.data.dataset import _check_stats
 from inception.errors import ConfigError
 
@@ -32,8 +39,11 @@ class DeviceLoader:
     The whole split is copied to `device` once (CIFAR-10's 50,000 images are 150 MB as uint8).
     Each epoch reshuffles with the loader's own generator; training batches are cropped,
     flipped and optionally cut out per sample with batch-wide tensor ops, normalised, and
-    handed over channels_last. No worker processes, PIL or per-image Python, so Colab's two
-    vCPUs never starve its GPU, and no host sync happens inside the loop.
+    handed over channels_last. The crop is `crop`: "pad" shifts small images by up to
+    `crop_padding` pixels (CIFAR's), "resized" takes the paper's random-area crop of large
+    ones (`random_resized_crop_flip`), and "auto" picks by the images' side (`default_crop`).
+    No worker processes, PIL or per-image Python, so Colab's two vCPUs never starve its GPU,
+    and no host sync happens inside the loop.
 
     Rank `rank` of `world_size` data-parallel ranks (training only) yields its slice of each
     global batch of world_size x batch_size: every rank draws the epoch's order and the
@@ -48,7 +58,7 @@ class DeviceLoader:
                  device: torch.device | str = "cpu", train: bool = False, crop_padding: int = 4,
                  flip: bool = True, cutout_size: int = 0, channels_last: bool = True,
                  drop_last: bool | None = None, seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, crop: str = "auto") -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ConfigError(f"DeviceLoader wants uint8 images (N, C, H, W), got "
                              f"{images.dtype} {tuple(images.shape)}")
@@ -57,6 +67,9 @@ class DeviceLoader:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         _check_stats(mean, std, "DeviceLoader", channels=images.shape[1])
+        if crop not in CROPS:
+            raise ConfigError(f"crop must be one of {CROPS}, got {crop!r}")
+        self.crop = default_crop(min(images.shape[-2:])) if crop == "auto" else crop
         self.drop_last = train if drop_last is None else drop_last
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
@@ -102,7 +115,10 @@ class DeviceLoader:
     def augment(self, images: Tensor) -> Tensor:
         """The training transform: crop and flip, normalise, then cutout if enabled."""
         share = (self.rank, self.world_size)
-        if self.crop_padding or self.flip:
+        if self.crop == "resized":
+            images = random_resized_crop_flip(images, flip=self.flip, generator=self.generator,
+                                              share=share)
+        elif self.crop_padding or self.flip:
             images = random_crop_flip(images, self.crop_padding, self.flip, self.generator,
                                       share)
         x = self.prepare(images)
