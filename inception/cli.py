@@ -1,4 +1,4 @@
-"""The command line: `python -m inception train | evaluate | models | export`.
+"""The command line: `python -m inception train | evaluate | predict | models | export`.
 
 Owns argument parsing and turning errors into one-line messages. All the work is done by
 `inception.data`, `inception.train`, `inception.evaluate` and `inception.plots`.
@@ -28,9 +28,9 @@ import pandas as pd
 import torch
 
 from inception import distributed
-from inception.data import load_cifar
+from inception.data import SMALL_SIDE, default_crop, load_cifar, load_folder
 from inception.errors import InceptionError
-from inception.model import list_models
+from inception.model import MODELS, list_models
 from inception.runtime import describe_runtime, resolve_device, seed_everything
 from inception.train import (
     PRESETS,
@@ -74,7 +74,8 @@ def _positive(kind):
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to render --help)."""
     parser = _Parser(prog="python -m inception",
-                     description="Train and evaluate GoogLeNet (Inception v1) on CIFAR-10.")
+                     description="Train and evaluate GoogLeNet (Inception v1) on CIFAR or on "
+                                 "your own image folders.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a model from a preset",
@@ -93,8 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after S optimizer steps")
     train.add_argument("--seed", type=_number(int, strict=False, high=2**32 - 1),
                        help="override the preset's seed (0 to 2**32 - 1)")
+    train.add_argument("--dataset", default="cifar10", metavar="cifar10|cifar100|PATH",
+                       help="cifar10 or cifar100, or an image folder PATH holding "
+                            "train/<class>/<images> (and optionally val/ and test/) "
+                            "(default: cifar10)")
+    train.add_argument("--image-size", type=_number(int, 8, strict=False), metavar="N",
+                       help="for an image folder: the side every image is resized and "
+                            "centre-cropped to (default: 128)")
+    train.add_argument("--model", choices=sorted(MODELS),
+                       help="the network to train (default: the preset's for images up to "
+                            f"{SMALL_SIDE} px, googlenet with the paper's ImageNet stem above)")
     train.add_argument("--data", type=Path, metavar="DIR",
-                       help="dataset folder (default: $INCEPTION_DATA or data/)")
+                       help="where CIFAR is kept or downloaded to "
+                            "(default: $INCEPTION_DATA or data/)")
     train.add_argument("--synthetic", action="store_true",
                        help="train on random stand-in images (offline smoke runs only)")
     train.add_argument("--out", type=Path, default=Path("checkpoints"), metavar="DIR",
@@ -128,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score only the first N images of the split, for a quick check "
                                "(default: all of them)")
     evaluate.add_argument("--data", type=Path, metavar="DIR",
-                          help="dataset folder (default: $INCEPTION_DATA or data/)")
+                          help="the CIFAR folder (default: $INCEPTION_DATA or data/), or where "
+                               "the image folder the checkpoint was trained on is now")
     evaluate.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
 
     sub.add_parser("models", help="list the registered models, their parameter counts and "
@@ -169,20 +182,65 @@ def _train(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)  # checked before anything slow: a typo fails at once
     prepare_out_dir(args.out)  # likewise a folder that cannot be written
     resume = _resume_path(args)
+    cifar = _check_dataset_arguments(args)
     with (distributed.process_group(device, args.dist_timeout) as world,
           _quiet_unless(world.is_main)):
         print(describe_runtime(distributed.rank_device(device, world), config.precision))
-        with distributed.main_first(world):  # rank 0 downloads; the others then read its copy
-            data = load_cifar(root=args.data, seed=config.seed, train_limit=config.train_limit,
-                              eval_limit=config.eval_limit,
-                              source="synthetic" if args.synthetic else "auto")
+        with distributed.main_first(world):  # rank 0 downloads or decodes; the others reuse it
+            if cifar:
+                data = load_cifar(args.dataset, root=args.data, seed=config.seed,
+                                  train_limit=config.train_limit, eval_limit=config.eval_limit,
+                                  source="synthetic" if args.synthetic else "auto")
+            else:
+                data = load_folder(args.dataset, seed=config.seed,
+                                   train_limit=config.train_limit, eval_limit=config.eval_limit,
+                                   **({} if args.image_size is None
+                                      else {"image_size": args.image_size}))
         print(f"data: {data!r}")
+        config, why = _choose_model(config, args.model, data.image_size)
+        crop = ("the paper's random-area crop, resized back"
+                if default_crop(min(data.image_size)) == "resized"
+                else f"shifted by up to {config.crop_padding} px")
+        print(f"model: {config.model}{why} | training images: {crop}, flipped")
         seed_everything(config.seed)  # the initial weights come from the seed, not only the data
         model = config.build_model(len(data.classes))
         result = fit(model, data, config, device=device, out_dir=args.out, resume=resume)
         if world.is_main:
             result.history.to_csv(args.out / "history.csv", index=False)
             print(f"saved {result.checkpoint} and {args.out / 'history.csv'}")
+
+
+_CIFAR = ("cifar10", "cifar100")
+
+
+def _check_dataset_arguments(args: argparse.Namespace) -> bool:
+    """Whether --dataset names CIFAR; refuses options that do not apply to the dataset named."""
+    cifar = args.dataset in _CIFAR
+    if cifar and args.image_size is not None:
+        raise ValueError(f"--image-size is for image folders; {args.dataset} images are 32x32 "
+                         "(leave --image-size out, or give --dataset a folder)")
+    if not cifar and (args.data is not None or args.synthetic):
+        option = "--data" if args.data is not None else "--synthetic"
+        raise ValueError(f"{option} is for CIFAR; with --dataset {args.dataset} the folder "
+                         f"itself is the data (leave {option} out)")
+    return cifar
+
+
+def _choose_model(config, model: str | None, image_size: tuple[int, int]):
+    """The config with the model to train, and why it was chosen (for the run header).
+
+    Small images keep the preset's CIFAR-stem network; larger ones get `googlenet`, whose
+    ImageNet stem (7x7/2 conv and two max-pools) shrinks them 8x before the first Inception
+    module, as the paper does at 224 px.
+    """
+    if model is not None:
+        return replace(config, model=model), " (--model)"
+    side = min(image_size)
+    if side <= SMALL_SIDE:
+        return config, (f" (the preset's, with the {MODELS[config.model].kwargs['stem']} stem "
+                        f"for {side} px images; --model to choose another)")
+    return (replace(config, model="googlenet"),
+            f" (the paper's ImageNet stem, for {side} px images; --model to choose another)")
 
 
 @contextlib.contextmanager
@@ -230,8 +288,14 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _data_of(recorded: dict, root: Path | None):
-    """The data a checkpoint was trained on (same split), normalised with its own statistics."""
-    if recorded["source"] == "synthetic":  # regenerate exactly the stand-in it was trained on
+    """The data a checkpoint was trained on (same split), normalised with its own statistics.
+
+    For an image folder, `root` (--data) points at the folder if it has moved since training.
+    """
+    if recorded["source"] == "image folder":
+        data = load_folder(root or recorded["root"], seed=recorded["seed"],
+                           **recorded["load_args"])
+    elif recorded["source"] == "synthetic":  # regenerate exactly the stand-in it was trained on
         data = load_cifar(recorded["name"], source="synthetic", seed=recorded["seed"],
                           train_limit=recorded["n_train"], eval_limit=recorded["n_test"])
     else:

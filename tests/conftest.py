@@ -57,3 +57,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def write_tiny_folder(root: Path, classes=("ant", "bee"), per_class: int = 20,
+                      height: int = 40, width: int = 48, seed: int = 0) -> Path:
+    """Write root/train/<class>/<i>.png: random images, each class's own channel at 255."""
+    from torchvision.io import write_png
+
+    g = torch.Generator().manual_seed(seed)
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates write_png (see data.folder)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for c, name in enumerate(classes):
+            (root / "train" / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                image = torch.randint(0, 256, (3, height + i % 5, width), dtype=torch.uint8,
+                                      generator=g)
+                image[c % 3] = 255
+                write_png(image, str(root / "train" / name / f"{i:03d}.png"))
+    return root

@@ -1,6 +1,7 @@
 """The command line: complete --help, one-line errors, and a train -> evaluate round trip."""
 
 import pytest
+from conftest import write_tiny_folder
 
 from inception.cli import main
 
@@ -11,7 +12,8 @@ def test_help_lists_every_option(capsys):
     assert done.value.code == 0
     text = capsys.readouterr().out
     for option in ("--preset", "--epochs", "--budget-min", "--max-steps", "--data", "--out",
-                   "--resume", "--synthetic", "--seed", "--device"):
+                   "--resume", "--synthetic", "--seed", "--device", "--dataset", "--image-size",
+                   "--model"):
         assert option in text
     assert "{auto,quick,cpu,reference,gpu}" in text
     with pytest.raises(SystemExit):
@@ -21,7 +23,8 @@ def test_help_lists_every_option(capsys):
 
 
 @pytest.mark.parametrize("argv", [["train", "--preset", "tpu"], ["train", "--epochs", "-3"],
-                                  ["train", "--epochs", "many"], ["fly"], []])
+                                  ["train", "--epochs", "many"], ["fly"], [],
+                                  ["train", "--image-size", "4"], ["train", "--model", "vgg"]])
 def test_bad_arguments_get_a_one_line_error(argv, capsys):
     with pytest.raises(SystemExit) as done:
         main(argv)
@@ -55,3 +58,43 @@ def test_train_then_evaluate_round_trip(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "val accuracy" in printed and "(37 images" in printed
 
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--dataset", "cifar10", "--image-size", "64"], "--image-size is for image folders"),
+    (["--dataset", "{folder}", "--synthetic"], "--synthetic is for CIFAR"),
+    (["--dataset", "{folder}", "--data", "x"], "--data is for CIFAR"),
+    (["--dataset", "{tmp}/nowhere"], "nowhere does not exist: point --dataset at a folder"),
+])
+def test_dataset_options_that_do_not_fit_get_a_one_line_error(argv, message, tmp_path, capsys):
+    folder = write_tiny_folder(tmp_path / "set", per_class=2)
+    argv = [a.format(folder=folder, tmp=tmp_path) for a in argv]
+    assert main(["train", *argv, "--out", str(tmp_path / "run"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_train_on_an_image_folder_picks_the_stem_by_size_then_evaluates(tmp_path, capsys):
+    folder = write_tiny_folder(tmp_path / "bugs", per_class=20, height=100, width=120)
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "quick", "--dataset", str(folder), "--image-size", "96",
+                 "--max-steps", "2", "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "bugs (image folder, 96x96): 32 train, 4 val, 4 test" in printed
+    assert "model: googlenet (the paper's ImageNet stem, for 96 px images" in printed
+    assert "random-area crop" in printed
+    assert main(["evaluate", str(out / "checkpoint.pt"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "(4 images" in printed and "ant" in printed
+    assert main(["train", "--preset", "quick", "--dataset", str(folder), "--image-size", "32",
+                 "--max-steps", "1", "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "model: googlenet_cifar_small (the preset's, with the cifar16 stem" in printed
+    assert "shifted by up to 4 px" in printed
+
+
+def test_train_takes_cifar100_by_name(tmp_path, capsys):
+    assert main(["train", "--preset", "quick", "--dataset", "cifar100", "--synthetic",
+                 "--max-steps", "1", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "synthetic stand-in for CIFAR-100" in printed and "googlenet_cifar_small" in printed
