@@ -28,6 +28,7 @@ from inception.model import (
     fold_batchnorm,
     list_models,
 )
+from inception.predict import predict_images
 from inception.runtime import (
     choose_precision,
     default_device,
@@ -51,6 +52,6 @@ __all__ = [
     "INCEPTION_TABLE", "MODELS", "ConvBNReLU", "GoogLeNet", "GoogLeNetOutputs", "Inception",
     "InceptionAux", "build_model", "count_parameters", "fold_batchnorm", "list_models",
     "choose_precision", "default_device", "describe_runtime", "quick_mode", "seed_everything",
-    "PRESETS", "TrainConfig", "fit", "get_preset", "load_checkpoint",
+    "PRESETS", "TrainConfig", "fit", "get_preset", "load_checkpoint", "predict_images",
     "Weights", "TorchvisionWeights", "available_weights", "get_weights", "load_reference",
 ]

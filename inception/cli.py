@@ -144,6 +144,25 @@ def build_parser() -> argparse.ArgumentParser:
                                "the image folder the checkpoint was trained on is now")
     evaluate.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
 
+    predict = sub.add_parser(
+        "predict", help="classify image files with a checkpoint or packaged weights",
+        description="Print one row per image: its top-k classes and their probabilities. Each "
+        "image is resized as the model's training data was (shorter side, centre crop) and "
+        "normalised with the model's own statistics. A file that cannot be read gets an error "
+        "in its row, and the exit status is then 1.")
+    predict.add_argument("checkpoint", type=Path, nargs="?",
+                         help="path to checkpoint.pt (or use --weights)")
+    predict.add_argument("files", type=Path, nargs="+", metavar="FILE_OR_FOLDER",
+                         help="image files, or folders of them (searched recursively)")
+    predict.add_argument("--weights", metavar="NAME",
+                         help="use packaged weights instead of a checkpoint, e.g. cifar10")
+    predict.add_argument("--model", help="the network whose --weights to use, when several "
+                         "ship weights of that name")
+    predict.add_argument("--top-k", type=_positive(int), default=5, metavar="K",
+                         help="classes shown per image (default: 5)")
+    predict.add_argument("--csv", type=Path, metavar="FILE", help="also write the table here")
+    predict.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+
     sub.add_parser("models", help="list the registered models, their parameter counts and "
                    "packaged weights")
 
@@ -287,6 +306,38 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {png}")
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from inception.predict import load_weights, predict_images
+
+    device = resolve_device(args.device)  # checked before anything slow: a typo fails at once
+    files = list(args.files)
+    if args.weights is not None:
+        if args.checkpoint is not None:  # with --weights, every positional is an image
+            files.insert(0, args.checkpoint)
+        source, name = load_weights(args.weights, args.model), f"packaged weights {args.weights}"
+    elif args.checkpoint is not None:
+        source, name = args.checkpoint, str(args.checkpoint)
+    else:
+        raise ValueError("name a checkpoint file or --weights NAME, then the images, e.g. "
+                         "python -m inception predict --weights cifar10 photo.jpg")
+    if args.csv is not None and args.csv.is_dir():
+        raise ValueError(f"--csv {args.csv} is a folder: name a file, e.g. {args.csv / 'out.csv'}")
+    table = predict_images(source, files, top_k=args.top_k, device=device)
+    failed = int(table["error"].notna().sum())
+    print(f"{len(table) - failed} of {len(table)} images classified with {name}")
+    shown = table.drop(columns="error") if not failed else table.fillna({"error": ""})
+    probs = {c: "{:.1%}".format for c in table.columns if c.startswith("prob_")}
+    print(shown.to_string(index=False, formatters=probs, na_rep=""))
+    if args.csv is not None:
+        table.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    if failed:
+        print(f"error: {failed} of {len(table)} files could not be read as images (see the "
+              "error column)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _data_of(recorded: dict, root: Path | None):
     """The data a checkpoint was trained on (same split), normalised with its own statistics.
 
@@ -393,9 +444,10 @@ def _rank_tag() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code. The one error boundary of every command."""
     args = build_parser().parse_args(argv)
-    commands = {"train": _train, "evaluate": _evaluate, "models": _models, "export": _export}
+    commands = {"train": _train, "evaluate": _evaluate, "predict": _predict, "models": _models,
+                "export": _export}
     try:
-        commands[args.command](args)
+        code = commands[args.command](args)  # None, or the exit status a command chose
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()
@@ -407,4 +459,4 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(_rank_tag() + _error_message(err), file=sys.stderr)
         return 1
-    return 0
+    return code or 0

@@ -34,7 +34,12 @@ from inception.data.dataset import (
     default_root,
     split_indices,
 )
-from inception.data.folder import available_memory, load_folder, read_image
+from inception.data.folder import (
+    available_memory,
+    load_folder,
+    read_image,
+    unreadable_reason,
+)
 from inception.data.loader import DeviceLoader, shard_indices
 from inception.errors import ConfigError, DatasetError
 
@@ -42,7 +47,7 @@ __all__ = [
     "ImageData", "CifarData", "channel_stats", "split_indices", "default_root",
     "load_cifar", "make_synthetic", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD",
     "CIFAR100_MEAN", "CIFAR100_STD", "PUBLISHED_STATS",
-    "load_folder", "read_image", "available_memory",
+    "load_folder", "read_image", "unreadable_reason", "available_memory",
     "normalize", "denormalize", "random_crop_flip", "cutout", "resized_crop",
     "random_resized_crop_flip", "default_crop", "SMALL_SIDE",
     "DeviceLoader", "shard_indices",

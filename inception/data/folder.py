@@ -251,7 +251,7 @@ def _decode_all(listing: _Listing, image_size: int) -> dict:
             try:
                 images[i] = read_image(path, image_size)
             except Exception as err:  # noqa: BLE001 - whatever a damaged file raises, it is skipped
-                bad.append((path, _reason(err)))
+                bad.append((path, unreadable_reason(err)))
                 keep[i] = False
         labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
         names = [p.relative_to(listing.root).as_posix() for p, _ in entries]
@@ -263,8 +263,8 @@ def _decode_all(listing: _Listing, image_size: int) -> dict:
                                     for p, why in bad])
 
 
-def _reason(err: Exception) -> str:
-    """A few words for the warning: the OS's reason, or that the bytes are no image."""
+def unreadable_reason(err: Exception) -> str:
+    """Why `read_image` failed, in a few words: the OS's reason, or that the bytes are no image."""
     if isinstance(err, OSError) and err.strerror:
         return err.strerror.lower()
     return "cannot be decoded as an image"
