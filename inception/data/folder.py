@@ -125,7 +125,9 @@ def load_folder(path: str | Path, *, image_size: int = 128, seed: int = 0,
     `test_fraction` of it) by the seeded rule CIFAR uses. Mean and std are measured on the
     training split. Files that are not images or cannot be read are skipped and named in one
     warning. Decoded tensors are cached under ROOT/.inception-cache (see the module docstring),
-    so the next call with the same files and size loads in seconds.
+    so the next call with the same files and size loads in seconds (`cache=False`: neither read
+    nor written). `train_limit` and `eval_limit` keep the first images of the splits, as in
+    `load_cifar`.
     """
     root = Path(path).expanduser()
     _check_arguments(image_size, val_fraction, test_fraction)
