@@ -147,10 +147,11 @@ def load_folder(path: str | Path, *, image_size: int = 128, seed: int = 0,
     val = val[0][:eval_limit], val[1][:eval_limit]
     test = test[0][:eval_limit], test[1][:eval_limit]
     mean, std = channel_stats(train[0])
-    return ImageData(root.name, "image folder", listing.classes, *train, *val, *test, mean, std,
-                     seed, str(root), load_args=dict(image_size=image_size,
-                                                     val_fraction=val_fraction,
-                                                     test_fraction=test_fraction))
+    where = root.resolve()  # recorded in checkpoints: evaluate may run from another folder
+    return ImageData(where.name, "image folder", listing.classes, *train, *val, *test, mean,
+                     std, seed, str(where), load_args=dict(image_size=image_size,
+                                                           val_fraction=val_fraction,
+                                                           test_fraction=test_fraction))
 
 
 def _check_arguments(image_size: int, val_fraction: float, test_fraction: float) -> None:
