@@ -71,10 +71,12 @@ def _model_and_meta(model_or_checkpoint) -> tuple[nn.Module, dict]:
                       f"class names and normalisation), got {type(model_or_checkpoint).__name__}")
 
 
-def _image_size(data: dict) -> int:
-    """The side the model was trained at. Checkpoints from before image folders were all
-    trained on 32x32 CIFAR and do not record it."""
-    height, width = data.get("image_size", (32, 32))
+def _image_size(data: dict, model: nn.Module) -> int:
+    """The side the model was trained at. Where the data record lacks it (checkpoints from
+    before image folders, all 32x32 CIFAR), the stem tells: 224, the paper's, for the ImageNet
+    stem, else 32."""
+    stem = getattr(model, "arch", {}).get("stem")
+    height, width = data.get("image_size") or ((224, 224) if stem == "imagenet" else (32, 32))
     if height != width:
         raise ConfigError(f"the model was trained on {height}x{width} images; predict resizes "
                           "to squares only")
@@ -95,7 +97,7 @@ def predict_images(model_or_checkpoint, paths: Sequence[str | Path], top_k: int 
         raise ConfigError(f"top_k must be a positive whole number, got {top_k!r}")
     model, meta = _model_and_meta(model_or_checkpoint)
     data = meta["data"]
-    classes, size = list(data["classes"]), _image_size(data)
+    classes, size = list(data["classes"]), _image_size(data, model)
     k = min(top_k, len(classes))
     files = image_files(paths)
     if not files:

@@ -91,6 +91,20 @@ def test_folders_stand_for_the_images_inside_them(tmp_path):
     assert image_files([tmp_path / "a"]) == files
 
 
+def test_without_a_recorded_size_the_stem_decides_it(checkpoint, tmp_path, monkeypatch):
+    import inception.predict as P
+
+    model, meta = T.load_checkpoint(checkpoint)
+    del meta["data"]["image_size"]  # as in checkpoints from before image folders
+    sizes = []
+    monkeypatch.setattr(P, "read_image", lambda path, size: sizes.append(size) or
+                        torch.zeros(3, size, size, dtype=torch.uint8))
+    predict_images((model, meta), ["a.png"])
+    imagenet = T.TrainConfig(model="googlenet", width=0.125).build_model(3).eval()
+    predict_images((imagenet, meta), ["a.png"])
+    assert sizes == [32, 224]
+
+
 def test_models_without_their_metadata_are_refused(checkpoint):
     model, _ = T.load_checkpoint(checkpoint)
     with pytest.raises(ConfigError, match=r"a checkpoint path, or \(model, meta\)"):
