@@ -41,7 +41,13 @@ from inception.train import (
     prepare_out_dir,
     require_checkpoint_file,
 )
-from inception.weights import export_weights, get_weights, verify, write_record
+from inception.weights import (
+    TorchvisionWeights,
+    export_weights,
+    get_weights,
+    verify,
+    write_record,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("files", type=Path, nargs="+", metavar="FILE_OR_FOLDER",
                          help="image files, or folders of them (searched recursively)")
     predict.add_argument("--weights", metavar="NAME",
-                         help="use packaged weights instead of a checkpoint, e.g. cifar10")
+                         help="use pretrained weights instead of a checkpoint: cifar10 "
+                         "(packaged) or imagenet (torchvision's, downloaded once)")
     predict.add_argument("--model", help="the network whose --weights to use, when several "
                          "ship weights of that name")
     predict.add_argument("--top-k", type=_positive(int), default=5, metavar="K",
@@ -282,6 +289,11 @@ def _evaluate(args: argparse.Namespace) -> None:
                          "python -m inception evaluate --weights cifar10")
     if args.weights is not None:
         weights = get_weights(args.model, args.weights)
+        if isinstance(weights, TorchvisionWeights):
+            raise ValueError(f"{args.model}/{args.weights} are torchvision's weights, scored on "
+                             "ImageNet, which this package does not load: evaluate scores "
+                             "CIFAR and image folders. Classify your own images with "
+                             f"python -m inception predict --weights {args.weights} FILES")
         verify(weights)
         checkpoint, png = weights.path, Path("confusion.png")
         print(f"packaged weights {args.model}/{args.weights}: "

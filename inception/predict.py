@@ -24,17 +24,19 @@ from inception.weights import available_weights, load_reference
 
 
 def load_weights(name: str, model: str | None = None) -> tuple[nn.Module, dict]:
-    """Packaged weights by name (e.g. "cifar10") as (model, meta), like `load_checkpoint`.
+    """Pretrained weights by name (e.g. "cifar10", "imagenet") as (model, meta), like
+    `load_checkpoint`.
 
-    The name is looked up in what `inception.weights` ships; `model` is needed only when more
-    than one network ships weights of that name. Unknown names list the known ones.
+    The name is looked up in `inception.weights.available_weights` (the packaged weights and
+    torchvision's); `model` is needed only when more than one network has weights of that name.
+    Unknown names list the known ones.
     """
     shipped = available_weights()
     owners = ([m for m, names in shipped.items() if name in names] if model is None
               else [model])
     known = ", ".join(f"{n} ({m})" for m, names in shipped.items() for n in names) or "none"
     if not owners:
-        raise ConfigError(f"no packaged weights named {name!r}; known weights: {known}")
+        raise ConfigError(f"no pretrained weights named {name!r}; known weights: {known}")
     if len(owners) > 1:
         raise ConfigError(f"several networks ship {name!r} weights ({', '.join(owners)}): "
                           "name one with --model")
@@ -106,7 +108,7 @@ def predict_images(model_or_checkpoint, paths: Sequence[str | Path], top_k: int 
     images, errors = [], []
     for path in files:
         try:
-            images.append(read_image(path, size))
+            images.append(read_image(path, size, data.get("resize")))
             errors.append(None)
         except Exception as err:  # noqa: BLE001 - any unreadable file becomes its row's error
             errors.append(f"not a readable image: {unreadable_reason(err)}")

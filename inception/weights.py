@@ -21,7 +21,7 @@ from torch.hub import HASH_REGEX
 from torchvision.models import GoogLeNet_Weights, WeightsEnum
 
 from inception.errors import WeightsError, WeightsNotFoundError
-from inception.model import GoogLeNet
+from inception.model import GoogLeNet, build_model
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
@@ -271,16 +271,32 @@ def write_record(weights_file: str | Path, meta: dict) -> Path:
 
 
 def load_reference(model: str = "googlenet_cifar_small", name: str = "cifar10"):
-    """Packaged weights as `load_checkpoint` returns a checkpoint: (model in eval mode, metadata).
+    """Pretrained weights as `load_checkpoint` returns a checkpoint: (model in eval mode, metadata).
 
-    The metadata (config, history, data description) is the training run's, so code written for
-    a checkpoint from notebook 04 works unchanged on the reference weights.
+    For packaged weights the metadata (config, history, data description) is the training run's,
+    so code written for a checkpoint from notebook 04 works unchanged on the reference weights.
+    torchvision's weights have no run to describe; their metadata holds the arch and the data
+    description (classes, mean, std, image_size, resize) that `predict_images` reads.
     """
     from inception.train import load_checkpoint  # late: train imports model
 
     weights = get_weights(model, name)
+    if isinstance(weights, TorchvisionWeights):
+        return _torchvision_reference(weights)
     verify(weights)
     return load_checkpoint(weights.path, map_location="cpu")
+
+
+def _torchvision_reference(weights: TorchvisionWeights):
+    """torchvision's weights as (model, metadata): no training run to describe, so the metadata
+    holds what using the model needs, in a checkpoint's places: the arch, and under "data" the
+    class names, normalisation and input sizes (resize the shorter side, then crop)."""
+    meta = weights.meta
+    data = dict(name=weights.name, title=meta["data_source"], classes=meta["classes"],
+                mean=meta["mean"], std=meta["std"], image_size=(meta["crop"], meta["crop"]),
+                resize=meta["resize"])
+    model = build_model(weights.model, weights=weights.name)
+    return model, dict(model_name=weights.model, arch=model.arch, data=data, origin=meta["origin"])
 
 
 def load_for_study(checkpoint: str | Path, study: str = "auto"):

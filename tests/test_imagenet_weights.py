@@ -18,6 +18,7 @@ from torchvision.models import GoogLeNet_Weights
 import inception.weights as W
 from inception.errors import InceptionError, WeightsError, WeightsNotFoundError
 from inception.model import IMAGENET_MEAN, IMAGENET_STD, GoogLeNetOutputs, build_model, list_models
+from inception.predict import load_weights, predict_images
 
 SOURCE = GoogLeNet_Weights.IMAGENET1K_V1
 FILE = "googlenet-1378be20.pth"  # the name torch.hub gives the download of SOURCE.url
@@ -125,6 +126,27 @@ def test_class_names_and_preprocessing_come_with_the_weights():
     assert "imagenet" in [r for r in list_models() if r["name"] == "googlenet"][0]["weights"]
 
 
+def test_predict_with_imagenet_weights_matches_torchvision_on_its_own_preprocessing(cached,
+                                                                                    tmp_path):
+    """`predict --weights imagenet` reads a file as torchvision's pipeline does (shorter side to
+    256, centre crop 224, ImageNet normalisation) and gives torchvision's top-5 and its
+    probabilities."""
+    torch.manual_seed(2)
+    image = torch.randint(0, 256, (3, 300, 420), dtype=torch.uint8)
+    torchvision.io.write_png(image, str(tmp_path / "photo.png"))
+    table = predict_images(load_weights("imagenet"), [tmp_path / "photo.png"], top_k=5)
+    theirs = torchvision.models.googlenet(weights=SOURCE).eval()
+    with torch.no_grad():
+        probs = theirs(SOURCE.transforms()(image)[None]).softmax(1)[0]
+    top = probs.topk(5)
+    row = table.iloc[0]
+    assert row["error"] is None or row["error"] != row["error"]  # None, or NaN in the frame
+    assert [row[f"class_{r}"] for r in range(1, 6)] == [SOURCE.meta["categories"][i]
+                                                       for i in top.indices.tolist()]
+    assert [row[f"prob_{r}"] for r in range(1, 6)] == pytest.approx(top.values.tolist(),
+                                                                    abs=1e-4)
+
+
 def test_missing_file_offline_names_the_url_and_the_path(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "elsewhere"))
     with pytest.raises(WeightsNotFoundError) as err:
@@ -197,3 +219,10 @@ def test_an_unreadable_file_is_refused_by_name(tmp_path, monkeypatch):
 def test_imagenet_weights_refuse_a_network_they_do_not_fit(kwargs, named):
     with pytest.raises(ValueError, match=f"do not fit {named}"):
         build_model("googlenet", weights="imagenet", **kwargs)
+
+
+def test_evaluate_refuses_imagenet_weights_and_points_to_predict(capsys):
+    from inception.cli import main
+
+    assert main(["evaluate", "--model", "googlenet", "--weights", "imagenet"]) == 1
+    assert "python -m inception predict --weights imagenet" in capsys.readouterr().err

@@ -97,7 +97,7 @@ def test_without_a_recorded_size_the_stem_decides_it(checkpoint, tmp_path, monke
     model, meta = T.load_checkpoint(checkpoint)
     del meta["data"]["image_size"]  # as in checkpoints from before image folders
     sizes = []
-    monkeypatch.setattr(P, "read_image", lambda path, size: sizes.append(size) or
+    monkeypatch.setattr(P, "read_image", lambda path, size, resize=None: sizes.append(size) or
                         torch.zeros(3, size, size, dtype=torch.uint8))
     predict_images((model, meta), ["a.png"])
     imagenet = T.TrainConfig(model="googlenet", width=0.125).build_model(3).eval()
@@ -114,9 +114,10 @@ def test_models_without_their_metadata_are_refused(checkpoint):
 def test_packaged_weights_are_found_by_name_and_unknown_names_list_the_known():
     model, meta = load_weights("cifar10")
     assert model.name == "googlenet_cifar_small" and len(meta["data"]["classes"]) == 10
-    with pytest.raises(ConfigError, match=r"no packaged weights named 'imagenet'; known "
-                                          r"weights: cifar10 \(googlenet_cifar_small\)"):
-        load_weights("imagenet")
+    with pytest.raises(ConfigError, match=r"no pretrained weights named 'nonsense'; known "
+                                          r"weights: cifar10 \(googlenet_cifar_small\), "
+                                          r"imagenet \(googlenet\)"):
+        load_weights("nonsense")
 
 
 def test_reference_weights_on_cifar_pngs_agree_with_evaluate(real_cifar10, tmp_path):
@@ -156,7 +157,7 @@ def test_cli_takes_packaged_weights_and_names_unknown_ones_in_one_line(tmp_path,
     assert main(["predict", "--weights", "cifar10", str(files[0]), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "1 of 1 images classified with packaged weights cifar10" in out and "class_5" in out
-    assert main(["predict", "--weights", "imagenet", str(files[0])]) == 1
+    assert main(["predict", "--weights", "nonsense", str(files[0])]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "known weights: cifar10" in err
     assert main(["predict", str(files[0])]) == 1

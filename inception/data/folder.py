@@ -65,8 +65,11 @@ def available_memory() -> int | None:
         return None
 
 
-def read_image(path: str | Path, image_size: int) -> Tensor:
+def read_image(path: str | Path, image_size: int, resize: int | None = None) -> Tensor:
     """One image file as uint8 (3, image_size, image_size): RGB, shorter side resized, centre crop.
+
+    The shorter side goes to `resize` (default: `image_size`) before the crop: ImageNet models
+    are fed 256 cropped to 224, so the crop keeps the middle 87.5% of the picture.
 
     Grey, grey+alpha, RGBA and palette images become RGB (alpha is dropped); 16-bit images are
     scaled to 8 bits. The resize is antialiased, so shrinking a large photo does not alias.
@@ -87,7 +90,7 @@ def read_image(path: str | Path, image_size: int) -> Tensor:
         image = image[0]
     if image.dtype != torch.uint8:
         image = TF.to_dtype(image, torch.uint8, scale=True)
-    image = TF.resize(image, [image_size], antialias=True)
+    image = TF.resize(image, [resize or image_size], antialias=True)
     return TF.center_crop(image, [image_size, image_size]).contiguous()
 
 
