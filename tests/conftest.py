@@ -1,13 +1,18 @@
-"""Shared fixtures: a tiny CIFAR-10 in the official python layout, and the real one if present."""
+"""Shared fixtures: a tiny CIFAR-10 in the official python layout, the real one if present, and
+an offline stand-in for torchvision's ImageNet GoogLeNet file."""
 
+import dataclasses
 import pickle
+import urllib.error
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 
+import inception.weights as W
 from inception.data import default_root, load_cifar
 
 BATCH_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
@@ -75,3 +80,69 @@ def write_tiny_folder(root: Path, classes=("ant", "bee"), per_class: int = 20,
                 image[c % 3] = 255
                 write_png(image, str(root / "train" / name / f"{i:03d}.png"))
     return root
+
+
+# torchvision's ImageNet GoogLeNet, offline: a randomly initialised torchvision GoogLeNet saved
+# under the real file's name in a temporary TORCH_HOME stands in for the download.
+IMAGENET_FILE = "googlenet-1378be20.pth"  # the name torch.hub gives the download of its url
+
+
+def cache_file(torch_home: Path) -> Path:
+    return torch_home / "hub" / "checkpoints" / IMAGENET_FILE
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any download fails as it does offline (torch.hub calls this to fetch a missing file)."""
+    def refuse(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory) -> Path:
+    """A random torchvision GoogLeNet with aux heads, as state_dict, away from its identity init.
+
+    torchvision's init (weights N(0, 0.01), BatchNorm as the identity) shrinks activations to
+    nothing by the classifier, where any two networks agree; Kaiming convolutions and drawn
+    BatchNorm statistics keep the logits O(1), so their equality means something.
+    """
+    torch.manual_seed(0)
+    model = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    path = cache_file(tmp_path_factory.mktemp("torch_home"))
+    path.parent.mkdir(parents=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def expect_prefix(monkeypatch, prefix: str) -> None:
+    """Make get_weights promise `prefix` as the file's sha256 prefix instead of the real file's.
+
+    No random file can have the real one (1378be20), so the tests stand in their own; the
+    check of the prefix itself is unchanged, and tested with a damaged file.
+    """
+    real = W.get_weights
+
+    def with_prefix(model, name):
+        found = real(model, name)
+        return dataclasses.replace(found, meta={**found.meta, "sha256_prefix": prefix})
+
+    monkeypatch.setattr(W, "get_weights", with_prefix)
+
+
+@pytest.fixture
+def cached(stand_in, monkeypatch) -> Path:
+    """TORCH_HOME holding the stand-in, which get_weights takes for the real file."""
+    monkeypatch.setenv("TORCH_HOME", str(stand_in.parents[2]))
+    expect_prefix(monkeypatch, W.sha256(stand_in)[:8])
+    return stand_in

@@ -4,15 +4,14 @@ A randomly initialised torchvision GoogLeNet, saved under the real file's name i
 TORCH_HOME, stands in for the downloaded file; every test blocks the network.
 """
 
-import dataclasses
 import shutil
-import urllib.error
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+from conftest import cache_file, expect_prefix
 from torchvision.models import GoogLeNet_Weights
 
 import inception.weights as W
@@ -21,68 +20,7 @@ from inception.model import IMAGENET_MEAN, IMAGENET_STD, GoogLeNetOutputs, build
 from inception.predict import load_weights, predict_images
 
 SOURCE = GoogLeNet_Weights.IMAGENET1K_V1
-FILE = "googlenet-1378be20.pth"  # the name torch.hub gives the download of SOURCE.url
-
-
-def _cache_file(torch_home: Path) -> Path:
-    return torch_home / "hub" / "checkpoints" / FILE
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Any download fails as it does offline (torch.hub calls this to fetch a missing file)."""
-    def refuse(url, *args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-
-
-@pytest.fixture(scope="module")
-def stand_in(tmp_path_factory) -> Path:
-    """A random torchvision GoogLeNet with aux heads, as state_dict, away from its identity init.
-
-    torchvision's init (weights N(0, 0.01), BatchNorm as the identity) shrinks activations to
-    nothing by the classifier, where any two networks agree; Kaiming convolutions and drawn
-    BatchNorm statistics keep the logits O(1), so their equality means something.
-    """
-    torch.manual_seed(0)
-    model = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            elif isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    path = _cache_file(tmp_path_factory.mktemp("torch_home"))
-    path.parent.mkdir(parents=True)
-    torch.save(model.state_dict(), path)
-    return path
-
-
-def _expect_prefix(monkeypatch, prefix: str) -> None:
-    """Make get_weights promise `prefix` as the file's sha256 prefix instead of the real file's.
-
-    No random file can have the real one (1378be20), so the tests stand in their own; the
-    check of the prefix itself is unchanged, and tested below with a damaged file.
-    """
-    real = W.get_weights
-
-    def with_prefix(model, name):
-        found = real(model, name)
-        return dataclasses.replace(found, meta={**found.meta, "sha256_prefix": prefix})
-
-    monkeypatch.setattr(W, "get_weights", with_prefix)
-
-
-@pytest.fixture
-def cached(stand_in, monkeypatch) -> Path:
-    """TORCH_HOME holding the stand-in, which get_weights takes for the real file."""
-    monkeypatch.setenv("TORCH_HOME", str(stand_in.parents[2]))
-    _expect_prefix(monkeypatch, W.sha256(stand_in)[:8])
-    return stand_in
+pytestmark = pytest.mark.usefixtures("no_network")  # every test here runs offline
 
 
 def test_imagenet_weights_give_torchvisions_logits_from_the_same_file(cached):
@@ -152,17 +90,17 @@ def test_missing_file_offline_names_the_url_and_the_path(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError) as err:
         build_model("googlenet", weights="imagenet")
     message = str(err.value)
-    assert SOURCE.url in message and str(_cache_file(tmp_path / "elsewhere")) in message
+    assert SOURCE.url in message and str(cache_file(tmp_path / "elsewhere")) in message
     assert "Temporary failure in name resolution" in message and "\n" not in message
     assert isinstance(err.value, InceptionError) and isinstance(err.value, FileNotFoundError)
-    assert not any(_cache_file(tmp_path / "elsewhere").parent.iterdir())  # no partial file
+    assert not any(cache_file(tmp_path / "elsewhere").parent.iterdir())  # no partial file
 
 
 def test_a_damaged_cached_file_is_refused_by_name(stand_in, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    path = _cache_file(tmp_path)
+    path = cache_file(tmp_path)
     path.parent.mkdir(parents=True)
-    _expect_prefix(monkeypatch, W.sha256(stand_in)[:8])
+    expect_prefix(monkeypatch, W.sha256(stand_in)[:8])
     data = bytearray(stand_in.read_bytes())
     data[len(data) // 2] ^= 0xFF  # inside a tensor: torch.load alone would not notice
     path.write_bytes(bytes(data))
@@ -176,10 +114,10 @@ def test_a_damaged_cached_file_is_refused_by_name(stand_in, tmp_path, monkeypatc
 def _cache(tmp_path, monkeypatch, write) -> Path:
     """TORCH_HOME holding a file made by `write(path)`, taken for the real one."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    path = _cache_file(tmp_path)
+    path = cache_file(tmp_path)
     path.parent.mkdir(parents=True)
     write(path)
-    _expect_prefix(monkeypatch, W.sha256(path)[:8])
+    expect_prefix(monkeypatch, W.sha256(path)[:8])
     return path
 
 
@@ -206,7 +144,7 @@ def test_an_unreadable_file_is_refused_by_name(tmp_path, monkeypatch):
         build_model("googlenet", weights="imagenet")
     path.unlink()
     shutil.copy(W.PRETRAINED_DIR / "googlenet_cifar_small-cifar10.pt", path)  # not a state_dict
-    _expect_prefix(monkeypatch, W.sha256(path)[:8])
+    expect_prefix(monkeypatch, W.sha256(path)[:8])
     with pytest.raises(WeightsError, match=f"{path} holds no state_dict of tensors"):
         build_model("googlenet", weights="imagenet")
 
