@@ -36,6 +36,17 @@ from inception.runtime import (
     resolve_device,
     seed_everything,
 )
+from inception.transfer import (
+    FREEZE_CHOICES,
+    HEADS,
+    check_config_fits,
+    find_pretrained,
+    freeze_layers,
+    frozen_modules,
+    keep_frozen_in_eval,
+    start_from,
+    transfer_model,
+)
 
 CHECKPOINT_FORMAT = "inception-checkpoint-v1"
 # What `load_checkpoint` needs, and what a resume needs on top (slim exports lack the latter).
@@ -78,12 +89,29 @@ class TrainConfig:
     # Under torchrun, BatchNorm statistics over the global batch rather than each rank's share:
     # worth it when the per-rank batch is small (CUDA only; ignored by a single process).
     sync_batchnorm: bool = False
+    # Transfer learning (see inception.transfer): start from these weights (a weights name such
+    # as "imagenet" or "cifar10", or a checkpoint path) with a new classifier; freeze
+    # "features" (train fc only) or the layers up to a named one; the pretrained layers that
+    # still train learn at lr x pretrained_lr_scale, the new heads at lr.
+    init_from: str | None = None
+    freeze: str | None = None
+    pretrained_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         validate_config(self)
 
     def build_model(self, num_classes: int) -> GoogLeNet:
-        """The model this config trains, freshly initialised."""
+        """The model this config trains, freshly initialised.
+
+        With `init_from` it has the pretrained network's shape (checked against `model` and
+        `width`) and `num_classes` outputs; `fit` copies the weights in, unless it resumes.
+        Aux heads are built only when nothing is frozen: they exist to push gradient into the
+        early layers, which a frozen trunk does not take.
+        """
+        if self.init_from is not None:
+            pretrained = find_pretrained(self.init_from, self.model)
+            check_config_fits(pretrained, self.model, self.width)
+            return transfer_model(pretrained, num_classes, aux_logits=self.freeze is None)
         overrides = {} if self.width is None else {"width": self.width}
         return build_model(self.model, num_classes=num_classes, **overrides)
 
@@ -109,6 +137,7 @@ _NUMERIC_FIELDS: dict[str, tuple[bool, float | None, float | None, bool, bool]] 
     "train_limit": (True, 1, None, True, False),  # 0 images cannot be trained on
     "eval_limit": (True, 0, None, True, False),  # 0 skips validation
     "seed": (True, 0, 2**32 - 1, True, True),  # NumPy's seed range
+    "pretrained_lr_scale": (False, 0, None, False, False),  # 0 would be freezing: use freeze
 }
 _CHOICES = dict(optimizer=("sgd", "adamw"), schedule=("onecycle", "cosine"),
                 precision=("auto", "bf16", "fp16", "fp32"))
@@ -159,6 +188,27 @@ def validate_config(config: TrainConfig) -> None:
         if value is None and name in _OPTIONAL:
             continue
         _check_number(name, value, *rule)
+    _check_transfer_fields(config)
+
+
+def _check_transfer_fields(config: TrainConfig) -> None:
+    """init_from a non-empty string; freeze a known layer; both of the others need init_from.
+
+    Whether the weights exist is checked where they are used (`build_model`, `fit`): a config
+    is checked on every `replace`, too often to read files.
+    """
+    if config.init_from is not None and (not isinstance(config.init_from, str)
+                                         or not config.init_from):
+        raise ConfigError(f"TrainConfig.init_from must be a weights name or a checkpoint path "
+                          f"as a string (str(path)), got {config.init_from!r}")
+    if config.freeze is not None and config.freeze not in FREEZE_CHOICES:
+        raise ConfigError(f"TrainConfig.freeze must be None or one of {', '.join(FREEZE_CHOICES)}"
+                          f", got {config.freeze!r}")
+    if config.init_from is None and (config.freeze is not None
+                                     or config.pretrained_lr_scale != 1.0):
+        name = "freeze" if config.freeze is not None else "pretrained_lr_scale"
+        raise ConfigError(f"TrainConfig.{name} applies to pretrained layers, and there are none "
+                          "without init_from: set init_from (--init-from), or leave it unset")
 
 
 # Each preset's non-default fields carry their reason.
@@ -234,14 +284,29 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     """SGD with Nesterov momentum or AdamW; weight decay skips BatchNorm and bias parameters.
 
     Decaying BN scales and biases only fights the normalisation (they set scale, not capacity).
+    Frozen parameters (requires_grad=False) are left out. Each group carries `lr_scale`, the
+    factor `_train_step` puts on the schedule's learning rate: with `init_from`, the pretrained
+    trunk's groups have `pretrained_lr_scale`, the new heads' 1.
     """
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [dict(params=decay, weight_decay=config.weight_decay),
-              dict(params=no_decay, weight_decay=0.0)]
+    groups = []
+    for scale, params in _params_by_lr_scale(model, config):
+        for decays, weight_decay in ((True, config.weight_decay), (False, 0.0)):
+            chosen = [p for p in params if p.requires_grad and (p.ndim > 1) == decays]
+            if chosen or config.init_from is None:  # two groups without transfer, as always
+                groups.append(dict(params=chosen, weight_decay=weight_decay, lr_scale=scale))
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _params_by_lr_scale(model: nn.Module, config: TrainConfig) -> list[tuple[float, list]]:
+    """[(lr scale, parameters)]: the pretrained trunk and the new heads when transferring."""
+    if config.init_from is None:
+        return [(1.0, list(model.parameters()))]
+    trunk, heads = [], []
+    for name, p in model.named_parameters():
+        (heads if name.split(".", 1)[0] in HEADS else trunk).append(p)
+    return [(config.pretrained_lr_scale, trunk), (1.0, heads)]
 
 
 def loss_fn(outputs: Tensor | tuple, labels: Tensor, config: TrainConfig) -> tuple[Tensor, Tensor]:
@@ -474,6 +539,8 @@ class _Plan:
     progress: bool  # print the header, the estimate and the table (rank 0 only)
     live_bar: bool
     estimate_at: int  # the step after which the run's length is estimated
+    frozen: tuple[str, ...] = ()  # modules kept fixed, in eval mode (see `inception.transfer`)
+    transfer: str | None = None  # the header's line on the pretrained weights, if any
 
     @property
     def global_batch(self) -> int:
@@ -523,6 +590,7 @@ def fit(model: GoogLeNet, data: ImageData, config: TrainConfig, *,
             prepare_out_dir(out_dir)
         precision = choose_precision(device, config.precision)
         seed_everything(config.seed)
+        frozen, transfer = _start_transfer(model, config, resume)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         model.to(device=device, memory_format=memory_format)
         train_loader, val_loader = _build_loaders(data, config, device, world)
@@ -549,7 +617,7 @@ def fit(model: GoogLeNet, data: ImageData, config: TrainConfig, *,
                      # run once kept 400 KB of them). A log file or CI would keep every redraw,
                      # so there only the epoch table is printed.
                      progress and (sys.stdout.isatty() or "ipykernel" in sys.modules),
-                     run.step + _ESTIMATE_STEPS)
+                     run.step + _ESTIMATE_STEPS, frozen, transfer)
         if progress:
             _print_header(data, run, plan)
 
@@ -572,6 +640,28 @@ def fit(model: GoogLeNet, data: ImageData, config: TrainConfig, *,
 
 
 # The named steps of `fit`, in the order it takes them.
+
+
+def _start_transfer(model: nn.Module, config: TrainConfig,
+                    resume: str | Path | None) -> tuple[tuple[str, ...], str | None]:
+    """Copy the pretrained weights into `model` (not on a resume: the checkpoint holds every
+    weight, and the pretrained ones must not overwrite them) and freeze what `config.freeze`
+    names. Returns the frozen modules and the run header's line (None without `init_from`)."""
+    if config.init_from is None:
+        return (), None
+    if resume is None:
+        pretrained = find_pretrained(config.init_from, config.model)
+        check_config_fits(pretrained, config.model, config.width)
+        line = start_from(model, pretrained)
+    else:
+        line = f"init from {config.init_from}: resumed, so every weight is the checkpoint's"
+    frozen = frozen_modules(config.freeze)
+    if frozen:
+        count = freeze_layers(model, frozen)
+        line += f" | frozen: {frozen[0]} to {frozen[-1]} ({count:,} parameters)"
+    if config.pretrained_lr_scale != 1.0:
+        line += f" | pretrained layers at lr x {config.pretrained_lr_scale:g}"
+    return frozen, line
 
 
 def _build_loaders(data: ImageData, config: TrainConfig, device: torch.device,
@@ -661,6 +751,8 @@ def _print_header(data: ImageData, run: _Run, plan: _Plan) -> None:
           f"{config.model}{width} ({count_parameters(run.model):,} params with aux heads) | "
           f"device {plan.device} | precision {plan.precision} | "
           f"channels_last {config.channels_last} | compile {config.compile}")
+    if plan.transfer is not None:
+        print(plan.transfer)
     if plan.world.parallel:
         scale, rule = lr_scale(config, plan.world.size)
         print(f"data-parallel: {plan.world.size} ranks x batch {config.batch_size} = global "
@@ -689,6 +781,7 @@ def _train_epoch(run: _Run, forward: nn.Module, plan: _Plan,
     "budget". Under torchrun every rank takes each of these decisions after the same step.
     """
     run.model.train()
+    keep_frozen_in_eval(run.model, plan.frozen)  # frozen BatchNorm statistics must not drift
     sums = torch.zeros(3, device=plan.device)  # loss * n, correct, n: summed on the device
     epoch_start_step, t0 = run.step, time.perf_counter()
     stopped_by = "epochs"
@@ -735,7 +828,8 @@ def _train_step(run: _Run, forward: nn.Module, x: Tensor, y: Tensor, lr: float,
                 plan: _Plan) -> tuple[Tensor, Tensor]:
     """One optimizer step on a batch (under DDP, `backward` averages gradients across ranks)."""
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        # Optimizer states saved before lr_scale existed restore groups without it.
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     with torch.autocast(plan.device.type, dtype=plan.dtype, enabled=plan.dtype is not None):
         loss, logits = loss_fn(forward(x), y, plan.config)
     run.optimizer.zero_grad(set_to_none=True)
