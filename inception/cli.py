@@ -41,6 +41,7 @@ from inception.train import (
     prepare_out_dir,
     require_checkpoint_file,
 )
+from inception.transfer import FREEZE_CHOICES, find_pretrained
 from inception.weights import (
     TorchvisionWeights,
     export_weights,
@@ -120,6 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", nargs="?", const=True, type=Path, metavar="CHECKPOINT",
                        help="continue exactly from OUT/checkpoint.pt, or from CHECKPOINT "
                             "(e.g. one an earlier run kept aside as checkpoint-<time>.pt)")
+    train.add_argument("--init-from", metavar="NAME|CHECKPOINT",
+                       help="transfer learning: start from pretrained weights (cifar10, "
+                            "imagenet) or a checkpoint, with a new classifier for this "
+                            "dataset's classes; the weights decide the network (unlike "
+                            "--weights of evaluate and predict, which use weights as they are)")
+    train.add_argument("--freeze", choices=FREEZE_CHOICES, metavar="features|LAYER",
+                       help="with --init-from: keep pretrained layers fixed, 'features' for all "
+                            "but the classifier (a linear probe) or every layer up to and "
+                            f"including LAYER ({', '.join(FREEZE_CHOICES[1:])})")
+    train.add_argument("--pretrained-lr-scale", type=_positive(float), metavar="F",
+                       help="with --init-from: the pretrained layers that train learn at the "
+                            "learning rate x F (e.g. 0.1), the new classifier at the full rate "
+                            "(default: 1)")
     train.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     train.add_argument("--sync-batchnorm", action="store_true",
                        help="under torchrun on GPUs: BatchNorm statistics over the global batch "
@@ -205,6 +219,7 @@ def _train(args: argparse.Namespace) -> None:
         config = replace(config, budget_min=args.budget_min or None)
     if args.sync_batchnorm:
         config = replace(config, sync_batchnorm=True)
+    config = _with_transfer(config, args)
     device = resolve_device(args.device)  # checked before anything slow: a typo fails at once
     prepare_out_dir(args.out)  # likewise a folder that cannot be written
     resume = _resume_path(args)
@@ -223,7 +238,7 @@ def _train(args: argparse.Namespace) -> None:
                                    **({} if args.image_size is None
                                       else {"image_size": args.image_size}))
         print(f"data: {data!r}")
-        config, why = _choose_model(config, args.model, data.image_size)
+        config, why = _choose_model(config, args.model, data.image_size, args.init_from)
         crop = ("the paper's random-area crop, resized back"
                 if default_crop(min(data.image_size)) == "resized"
                 else f"shifted by up to {config.crop_padding} px")
@@ -252,15 +267,32 @@ def _check_dataset_arguments(args: argparse.Namespace) -> bool:
     return cifar
 
 
-def _choose_model(config, model: str | None, image_size: tuple[int, int]):
+def _with_transfer(config, args: argparse.Namespace):
+    """The config with --init-from, --freeze and --pretrained-lr-scale. The weights decide the
+    width, so the preset's is dropped (the network comes from `_choose_model`)."""
+    if args.init_from is None:
+        if args.freeze is not None or args.pretrained_lr_scale is not None:
+            raise ValueError("--freeze and --pretrained-lr-scale act on pretrained layers: add "
+                             "--init-from NAME_OR_CHECKPOINT")
+        return config
+    return replace(config, init_from=args.init_from, width=None, freeze=args.freeze,
+                   pretrained_lr_scale=args.pretrained_lr_scale or 1.0)
+
+
+def _choose_model(config, model: str | None, image_size: tuple[int, int],
+                  init_from: str | None = None):
     """The config with the model to train, and why it was chosen (for the run header).
 
-    Small images keep the preset's CIFAR-stem network; larger ones get `googlenet`, whose
-    ImageNet stem (7x7/2 conv and two max-pools) shrinks them 8x before the first Inception
-    module, as the paper does at 224 px.
+    Pretrained weights (--init-from) decide the network. Otherwise small images keep the
+    preset's CIFAR-stem network; larger ones get `googlenet`, whose ImageNet stem (7x7/2 conv
+    and two max-pools) shrinks them 8x before the first Inception module, as the paper does at
+    224 px.
     """
     if model is not None:
         return replace(config, model=model), " (--model)"
+    if init_from is not None:
+        pretrained = find_pretrained(init_from)
+        return replace(config, model=pretrained.model), f" (from {pretrained.describe()})"
     side = min(image_size)
     if side <= SMALL_SIDE:
         return config, (f" (the preset's, with the {MODELS[config.model].kwargs['stem']} stem "

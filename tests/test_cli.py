@@ -13,7 +13,7 @@ def test_help_lists_every_option(capsys):
     text = capsys.readouterr().out
     for option in ("--preset", "--epochs", "--budget-min", "--max-steps", "--data", "--out",
                    "--resume", "--synthetic", "--seed", "--device", "--dataset", "--image-size",
-                   "--model"):
+                   "--model", "--init-from", "--freeze", "--pretrained-lr-scale"):
         assert option in text
     assert "{auto,quick,cpu,reference,gpu}" in text
     with pytest.raises(SystemExit):
@@ -98,3 +98,30 @@ def test_train_takes_cifar100_by_name(tmp_path, capsys):
                  "--max-steps", "1", "--out", str(tmp_path), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "synthetic stand-in for CIFAR-100" in printed and "googlenet_cifar_small" in printed
+
+
+def test_train_from_packaged_weights_on_an_image_folder_then_resume(tmp_path, capsys):
+    folder = write_tiny_folder(tmp_path / "bugs", per_class=20, height=32, width=32)
+    argv = ["train", "--preset", "quick", "--dataset", str(folder), "--image-size", "32",
+            "--init-from", "cifar10", "--freeze", "inception4e", "--pretrained-lr-scale", "0.1",
+            "--out", str(tmp_path / "run"), "--device", "cpu"]
+    assert main([*argv, "--max-steps", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "model: googlenet_cifar_small (from the cifar10 weights of" in printed
+    assert "tensors transferred, 2 new (fc)" in printed
+    assert "frozen: conv1 to inception4e" in printed and "lr x 0.1" in printed
+    assert main([*argv, "--max-steps", "2", "--resume"]) == 0
+    assert "resumed, so every weight is the checkpoint's" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--freeze", "features"], "add --init-from"),
+    (["--init-from", "cifar10", "--model", "googlenet"], "set model='googlenet_cifar_small'"),
+    (["--init-from", "nothing"], "neither pretrained weights nor a checkpoint"),
+])
+def test_transfer_options_that_do_not_fit_get_a_one_line_error(argv, message, tmp_path,
+                                                                capsys):
+    assert main(["train", "--preset", "quick", "--synthetic", *argv, "--out",
+                 str(tmp_path / "run"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
