@@ -571,6 +571,10 @@ def fit(model: GoogLeNet, data: ImageData, config: TrainConfig, *,
     resumed run ends with the same weights as an uninterrupted one (budget-limited runs depend
     on wall time and are not bit-reproducible).
 
+    With `config.init_from` the pretrained weights are copied into `model` first (build it
+    with `config.build_model`), and `config.freeze` keeps a prefix of it fixed; a resume takes
+    every weight from its checkpoint instead (see `inception.transfer`).
+
     Everything a user can get wrong is checked before the first step: the device, the output
     folder (created, and proved writable), and that the model has one output per class of
     `data`. A loss or weights that become NaN or infinite stop the run with a TrainingError
