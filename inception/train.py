@@ -44,6 +44,7 @@ from inception.transfer import (
     freeze_layers,
     frozen_modules,
     keep_frozen_in_eval,
+    normalised_as_pretrained,
     start_from,
     transfer_model,
 )
@@ -594,7 +595,7 @@ def fit(model: GoogLeNet, data: ImageData, config: TrainConfig, *,
             prepare_out_dir(out_dir)
         precision = choose_precision(device, config.precision)
         seed_everything(config.seed)
-        frozen, transfer = _start_transfer(model, config, resume)
+        frozen, transfer, data = _start_transfer(model, data, config, resume)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         model.to(device=device, memory_format=memory_format)
         train_loader, val_loader = _build_loaders(data, config, device, world)
@@ -646,16 +647,18 @@ def fit(model: GoogLeNet, data: ImageData, config: TrainConfig, *,
 # The named steps of `fit`, in the order it takes them.
 
 
-def _start_transfer(model: nn.Module, config: TrainConfig,
-                    resume: str | Path | None) -> tuple[tuple[str, ...], str | None]:
+def _start_transfer(model: nn.Module, data: ImageData, config: TrainConfig,
+                    resume: str | Path | None) -> tuple[tuple[str, ...], str | None, ImageData]:
     """Copy the pretrained weights into `model` (not on a resume: the checkpoint holds every
     weight, and the pretrained ones must not overwrite them) and freeze what `config.freeze`
-    names. Returns the frozen modules and the run header's line (None without `init_from`)."""
+    names. Returns the frozen modules, the run header's line (None without `init_from`), and
+    `data` normalised with the pretrained weights' statistics (`normalised_as_pretrained`)."""
     if config.init_from is None:
-        return (), None
+        return (), None, data
+    pretrained = find_pretrained(config.init_from, config.model)
+    check_config_fits(pretrained, config.model, config.width)
+    data = normalised_as_pretrained(data, pretrained)
     if resume is None:
-        pretrained = find_pretrained(config.init_from, config.model)
-        check_config_fits(pretrained, config.model, config.width)
         line = start_from(model, pretrained)
     else:
         line = f"init from {config.init_from}: resumed, so every weight is the checkpoint's"
@@ -665,7 +668,10 @@ def _start_transfer(model: nn.Module, config: TrainConfig,
         line += f" | frozen: {frozen[0]} to {frozen[-1]} ({count:,} parameters)"
     if config.pretrained_lr_scale != 1.0:
         line += f" | pretrained layers at lr x {config.pretrained_lr_scale:g}"
-    return frozen, line
+    line += (f" | inputs normalised with the weights' mean "
+             f"{tuple(round(m, 3) for m in data.mean)} and std "
+             f"{tuple(round(v, 3) for v in data.std)}")
+    return frozen, line, data
 
 
 def _build_loaders(data: ImageData, config: TrainConfig, device: torch.device,

@@ -38,6 +38,8 @@ class Pretrained:
     init_from: str
     model: str  # the registered model they were trained as
     arch: dict  # the network they fit (GoogLeNet's arguments)
+    mean: tuple[float, ...]  # the input normalisation the weights were trained with
+    std: tuple[float, ...]
     path: Path | None = None  # the checkpoint file (None for weights by name)
 
     def describe(self) -> str:
@@ -69,9 +71,10 @@ def find_pretrained(init_from: str, model: str | None = None) -> Pretrained:
         if len(owners) > 1:
             raise ConfigError(f"several networks have {init_from!r} weights "
                               f"({', '.join(owners)}): name one with model (--model)")
-        arch = weights.get_weights(owners[0], init_from).meta["arch"]
+        meta = weights.get_weights(owners[0], init_from).meta
         # Records written before GoogLeNet took transform_input were all made without it.
-        return Pretrained(init_from, owners[0], {"transform_input": False, **arch})
+        return Pretrained(init_from, owners[0], {"transform_input": False, **meta["arch"]},
+                          tuple(meta["mean"]), tuple(meta["std"]))
     path = Path(init_from)
     if not path.exists() and path.suffix != ".pt" and len(path.parts) == 1:
         known = ", ".join(f"{n} ({m})" for m, names in shipped.items() for n in names)
@@ -80,8 +83,24 @@ def find_pretrained(init_from: str, model: str | None = None) -> Pretrained:
     from inception.train import _require_keys, read_checkpoint  # late: train imports this
 
     payload = read_checkpoint(path, map_location="meta")  # shapes only: no tensor is read
-    _require_keys(path, payload, ("model_name", "arch", "model"), "start a run from")
-    return Pretrained(init_from, payload["model_name"], dict(payload["arch"]), path)
+    _require_keys(path, payload, ("model_name", "arch", "model", "data"), "start a run from")
+    data = payload["data"]
+    return Pretrained(init_from, payload["model_name"], dict(payload["arch"]),
+                      tuple(data["mean"]), tuple(data["std"]), path)
+
+
+def normalised_as_pretrained(data, pretrained: Pretrained):
+    """`data` normalised with the statistics the pretrained weights were trained on.
+
+    The first layer's filters, and every BatchNorm after it, are tuned to inputs of that mean
+    and spread; ImageNet's GoogLeNet (transform_input) even undoes ImageNet's normalisation
+    before its first layer. New images normalised with their own statistics would reach the
+    network shifted. This is what torchvision's recipe does with the weights' transforms; the
+    checkpoint records these statistics, so `evaluate` and `predict` normalise the same way.
+    """
+    from dataclasses import replace
+
+    return replace(data, mean=pretrained.mean, std=pretrained.std)
 
 
 def check_config_fits(pretrained: Pretrained, model: str, width: float | None) -> None:

@@ -122,6 +122,17 @@ def test_a_checkpoint_path_starts_a_run_like_named_weights(three_classes, tmp_pa
             assert torch.equal(state[name], tensor), name
 
 
+def test_a_transfer_run_normalises_with_the_pretrained_statistics(three_classes, tmp_path):
+    """The synthetic images have their own mean and std; the run must feed the network inputs
+    normalised as its pretrained weights saw them, and record that for evaluate and predict."""
+    packaged = get_weights("googlenet_cifar_small", "cifar10").meta
+    assert tuple(three_classes.mean) != tuple(packaged["mean"])  # the test would prove nothing
+    _train(three_classes, replace(TINY, freeze="features"), out_dir=tmp_path)
+    _, meta = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert meta["data"]["mean"] == pytest.approx(packaged["mean"])
+    assert meta["data"]["std"] == pytest.approx(packaged["std"])
+
+
 @pytest.mark.usefixtures("no_network")
 def test_imagenet_weights_transfer_to_five_classes_with_new_classifiers(cached):
     config = TrainConfig(init_from="imagenet", model="googlenet")
