@@ -224,9 +224,9 @@ PRESETS: dict[str, TrainConfig] = {
     # The best a 2-core laptop CPU reaches in 15 minutes of training (tuned on validation).
     "cpu": TrainConfig(
         model="googlenet_cifar_small",
-        # Half the registry's width: ~245 img/s on 2 AVX2 cores (fp32), so 15 minutes are 5
-        # epochs, 76.1% validation and 77.5% test with flip TTA (README, Results). The earlier
-        # small network (stage 3 at 32x32) needed width 0.125 for the same speed.
+        # Half the registry's width: 245-290 img/s on 2 AVX2 cores (fp32), so 15 minutes are 5-6
+        # epochs, 76-79% validation and 77.5-79.7% test with flip TTA (README, Results). The
+        # earlier small network (stage 3 at 32x32) needed width 0.125 to run this fast.
         width=0.25,
         epochs=30,  # an upper bound: the 15-minute budget ends the run first
         budget_min=15.0,  # the schedule is laid over the budget, so it ends at a low LR
