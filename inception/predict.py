@@ -20,7 +20,7 @@ from inception.data import read_image, unreadable_reason
 from inception.errors import ConfigError
 from inception.evaluate import predict
 from inception.train import load_checkpoint
-from inception.weights import available_weights, load_reference
+from inception.weights import known_weights, load_reference, weights_owner
 
 
 def load_weights(name: str, model: str | None = None) -> tuple[nn.Module, dict]:
@@ -31,16 +31,11 @@ def load_weights(name: str, model: str | None = None) -> tuple[nn.Module, dict]:
     torchvision's); `model` is needed only when more than one network has weights of that name.
     Unknown names list the known ones.
     """
-    shipped = available_weights()
-    owners = ([m for m, names in shipped.items() if name in names] if model is None
-              else [model])
-    known = ", ".join(f"{n} ({m})" for m, names in shipped.items() for n in names) or "none"
-    if not owners:
-        raise ConfigError(f"no pretrained weights named {name!r}; known weights: {known}")
-    if len(owners) > 1:
-        raise ConfigError(f"several networks ship {name!r} weights ({', '.join(owners)}): "
-                          "name one with --model")
-    return load_reference(owners[0], name)  # a ValueError listing them for a wrong --model
+    owner = weights_owner(name, model)
+    if owner is None and model is None:
+        raise ConfigError(f"no pretrained weights named {name!r}; known weights: "
+                          f"{known_weights()}")
+    return load_reference(model or owner, name)  # a ValueError listing them for a wrong --model
 
 
 def image_files(paths: Iterable[str | Path]) -> list[Path]:

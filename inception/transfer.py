@@ -63,23 +63,17 @@ def find_pretrained(init_from: str, model: str | None = None) -> Pretrained:
     Reads only the record of named weights (nothing is downloaded) and the checkpoint's header.
     `model` picks among several networks that ship weights of the same name.
     """
-    shipped = weights.available_weights()
-    owners = [m for m, names in shipped.items() if init_from in names]
-    if owners:
-        if model in owners:
-            owners = [model]
-        if len(owners) > 1:
-            raise ConfigError(f"several networks have {init_from!r} weights "
-                              f"({', '.join(owners)}): name one with model (--model)")
-        meta = weights.get_weights(owners[0], init_from).meta
+    owner = weights.weights_owner(init_from, model)
+    if owner is not None:
+        meta = weights.get_weights(owner, init_from).meta
         # Records written before GoogLeNet took transform_input were all made without it.
-        return Pretrained(init_from, owners[0], {"transform_input": False, **meta["arch"]},
+        return Pretrained(init_from, owner, {"transform_input": False, **meta["arch"]},
                           tuple(meta["mean"]), tuple(meta["std"]))
     path = Path(init_from)
     if not path.exists() and path.suffix != ".pt" and len(path.parts) == 1:
-        known = ", ".join(f"{n} ({m})" for m, names in shipped.items() for n in names)
         raise ConfigError(f"init_from {init_from!r} is neither pretrained weights nor a "
-                          f"checkpoint file: name known weights ({known}) or a checkpoint path")
+                          f"checkpoint file: name known weights ({weights.known_weights()}) "
+                          "or a checkpoint path")
     from inception.train import _require_keys, read_checkpoint  # late: train imports this
 
     payload = read_checkpoint(path, map_location="meta")  # shapes only: no tensor is read

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.hub import HASH_REGEX
 from torchvision.models import GoogLeNet_Weights, WeightsEnum
 
-from inception.errors import WeightsError, WeightsNotFoundError
+from inception.errors import ConfigError, WeightsError, WeightsNotFoundError
 from inception.model import GoogLeNet, build_model
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
@@ -101,6 +101,27 @@ def available_weights() -> dict[str, list[str]]:
     for model, name in TORCHVISION_WEIGHTS:
         found.setdefault(model, []).append(name)
     return found
+
+
+def weights_owner(name: str, model: str | None = None) -> str | None:
+    """The registered model whose weights are called `name`, or None when no network has them.
+
+    `model` picks among several networks with weights of that name; when it is not one of
+    them and several are, that is a ConfigError asking to name one.
+    """
+    owners = [m for m, names in available_weights().items() if name in names]
+    if model in owners:
+        return model
+    if len(owners) > 1:
+        raise ConfigError(f"several networks have {name!r} weights ({', '.join(owners)}): "
+                          "name one with model (--model)")
+    return owners[0] if owners else None
+
+
+def known_weights() -> str:
+    """Every weights name with its network, for messages: "cifar10 (googlenet_cifar_small), ..."."""
+    return ", ".join(f"{n} ({m})" for m, names in available_weights().items()
+                     for n in names) or "none"
 
 
 def get_weights(model: str, name: str) -> Weights:
