@@ -22,6 +22,7 @@ from torchvision.models import GoogLeNet_Weights, WeightsEnum
 
 from inception.errors import ConfigError, WeightsError, WeightsNotFoundError
 from inception.model import GoogLeNet, build_model
+from inception.runtime import reachable
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
@@ -172,6 +173,8 @@ def _load_from_hub(weights: TorchvisionWeights, progress: bool) -> dict:
     weights_only=True: a file in a cache directory is trusted no further than its tensors.
     """
     url = weights.meta["url"]
+    if not weights.path.is_file() and not reachable(url):  # offline: fail in seconds, not minutes
+        raise _not_found(weights, f"{urlparse(url).hostname} cannot be reached")
     try:
         return weights.source.get_state_dict(progress=progress, check_hash=True,
                                              map_location="cpu", weights_only=True)
@@ -180,10 +183,14 @@ def _load_from_hub(weights: TorchvisionWeights, progress: bool) -> dict:
         if weights.path.is_file():
             raise WeightsError(f"{weights.path} cannot be read ({reason}): delete it, and the next "
                                f"use downloads it again from {url}") from err
-        raise WeightsNotFoundError(
-            f"the {weights.name} weights of {weights.model} are not in torch's cache and could "
-            f"not be downloaded ({reason}): download {url} and put it at {weights.path} "
-            "(torch's cache is $TORCH_HOME/hub/checkpoints)") from err
+        raise _not_found(weights, reason) from err
+
+
+def _not_found(weights: TorchvisionWeights, reason: str) -> WeightsNotFoundError:
+    return WeightsNotFoundError(
+        f"the {weights.name} weights of {weights.model} are not in torch's cache and could "
+        f"not be downloaded ({reason}): download {weights.meta['url']} and put it at "
+        f"{weights.path} (torch's cache is $TORCH_HOME/hub/checkpoints)")
 
 
 def _check_cached_file(weights: TorchvisionWeights) -> None:

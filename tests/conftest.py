@@ -3,6 +3,7 @@ an offline stand-in for torchvision's ImageNet GoogLeNet file."""
 
 import dataclasses
 import pickle
+import socket
 import urllib.error
 import warnings
 from pathlib import Path
@@ -93,10 +94,12 @@ def cache_file(torch_home: Path) -> Path:
 
 @pytest.fixture
 def no_network(monkeypatch):
-    """Any download fails as it does offline (torch.hub calls this to fetch a missing file)."""
-    def refuse(url, *args, **kwargs):
+    """Any connection or download fails as it does offline: `runtime.reachable` asks through
+    socket.create_connection, torch.hub fetches a missing file with download_url_to_file."""
+    def refuse(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
+    monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 

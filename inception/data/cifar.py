@@ -10,6 +10,7 @@ import os
 import pickle
 import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from inception.data.dataset import (
     split_indices,
 )
 from inception.errors import DatasetError
-from inception.runtime import quick_mode
+from inception.runtime import quick_mode, reachable
 
 # Published per-channel statistics of the official training sets (RGB, pixel values in [0, 1]).
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -157,6 +158,9 @@ def _ensure_on_disk(name: str, root: Path, download: bool) -> tuple[Path, bool]:
 
 def _download(name: str, root: Path) -> None:
     spec = _TORCHVISION[name]
+    if not reachable(spec.url):  # offline, the download itself takes minutes to give up
+        raise DatasetError(_missing_message(
+            name, root, f"download failed: {urlparse(spec.url).hostname} cannot be reached"))
     try:
         download_and_extract_archive(spec.url, str(root), filename=spec.filename, md5=spec.tgz_md5)
     except OSError as err:  # no network, DNS failure, refused connection (URLError is one)

@@ -1,0 +1,46 @@
+"""inception.runtime.reachable: a download that cannot reach its server is known in seconds."""
+
+import socket
+import time
+
+import pytest
+
+from inception.runtime import reachable
+
+
+@pytest.fixture
+def listening():
+    """A local server socket that accepts connections: (host, port)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    yield server.getsockname()
+    server.close()
+
+
+def test_a_server_that_answers_is_reachable_and_a_closed_port_is_not(listening):
+    host, port = listening
+    assert reachable(f"http://{host}:{port}/file.pt", timeout=2)
+    with socket.create_server(("127.0.0.1", 0)) as spare:
+        closed = spare.getsockname()[1]
+    assert not reachable(f"http://127.0.0.1:{closed}/file.pt", timeout=2)
+
+
+def test_a_hung_name_lookup_gives_up_after_the_timeout(monkeypatch):
+    def hang(*args, **kwargs):  # as a lookup does offline, before it fails
+        time.sleep(30)
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    start = time.perf_counter()
+    assert not reachable("https://download.pytorch.org/models/x.pth", timeout=0.3)
+    assert time.perf_counter() - start < 5  # not the minutes an offline download takes
+
+
+def test_the_https_proxy_is_asked_instead_of_the_server(listening, monkeypatch):
+    host, port = listening
+    monkeypatch.setenv("https_proxy", f"http://{host}:{port}")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert reachable("https://no-such-host.invalid/x.pth", timeout=2)
+    monkeypatch.setenv("no_proxy", "no-such-host.invalid")  # bypassed: asked directly, and fails
+    assert not reachable("https://no-such-host.invalid/x.pth", timeout=2)
