@@ -100,7 +100,7 @@ class ImageData:
     def title(self) -> str:
         """How results from this data should be labelled, e.g. 'CIFAR-10 (unofficial copy)'."""
         if self.source == "synthetic":
-            return f"synthetic stand-in for {_PRETTY[self.name]} (random images)"
+            return f"synthetic stand-in for {_PRETTY.get(self.name, self.name)} (random images)"
         if self.name in _PRETTY:
             return f"{_PRETTY[self.name]} ({self.source})"
         height, width = self.image_size
