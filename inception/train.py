@@ -507,6 +507,10 @@ class TrainResult:
     precision: str
     train_seconds: float
     stopped_by: str  # "epochs", "budget" or "max_steps"
+    # The input normalisation the model was trained with: the data's own, or the pretrained
+    # weights' with init_from. Evaluate with these (the checkpoint records them too).
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
 
 @dataclass
@@ -641,7 +645,7 @@ def fit(model: GoogLeNet, data: ImageData, config: TrainConfig, *,
                   f"{run.train_seconds:.0f} s of training")
         return TrainResult(run.ema.module if run.ema is not None else model,
                            pd.DataFrame(run.history), plan.checkpoint_path, device, precision,
-                           run.train_seconds, stopped_by)
+                           run.train_seconds, stopped_by, tuple(data.mean), tuple(data.std))
 
 
 # The named steps of `fit`, in the order it takes them.
@@ -757,8 +761,12 @@ def _print_header(data: ImageData, run: _Run, plan: _Plan) -> None:
     config = plan.config
     width = "" if config.width is None else f" at width {config.width}"
     n_val = len(data.val_labels[:config.eval_limit])
+    total, training = (sum(p.numel() for p in run.model.parameters()),
+                       count_parameters(run.model))  # fewer when layers are frozen
+    params = (f"{total:,} params{' with aux heads' if run.model.aux1 is not None else ''}"
+              + ("" if training == total else f", {training:,} of them training"))
     print(f"{data.title} | {len(run.train_loader.labels):,} train / {n_val:,} val | "
-          f"{config.model}{width} ({count_parameters(run.model):,} params with aux heads) | "
+          f"{config.model}{width} ({params}) | "
           f"device {plan.device} | precision {plan.precision} | "
           f"channels_last {config.channels_last} | compile {config.compile}")
     if plan.transfer is not None:

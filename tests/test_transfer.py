@@ -127,10 +127,15 @@ def test_a_transfer_run_normalises_with_the_pretrained_statistics(three_classes,
     normalised as its pretrained weights saw them, and record that for evaluate and predict."""
     packaged = get_weights("googlenet_cifar_small", "cifar10").meta
     assert tuple(three_classes.mean) != tuple(packaged["mean"])  # the test would prove nothing
-    _train(three_classes, replace(TINY, freeze="features"), out_dir=tmp_path)
+    result = _train(three_classes, replace(TINY, freeze="features"), out_dir=tmp_path)
     _, meta = load_checkpoint(tmp_path / "checkpoint.pt")
     assert meta["data"]["mean"] == pytest.approx(packaged["mean"])
     assert meta["data"]["std"] == pytest.approx(packaged["std"])
+    # and the result says so, for evaluating the model in the same process
+    assert result.mean == pytest.approx(packaged["mean"]) and result.std == pytest.approx(
+        packaged["std"])
+    scratch = _train(three_classes, replace(TINY, init_from=None))
+    assert (scratch.mean, scratch.std) == (tuple(three_classes.mean), tuple(three_classes.std))
 
 
 @pytest.mark.usefixtures("no_network")
