@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from inception.data import DeviceLoader, ImageData
 from inception.explain import BRANCHES, branch_path, forward_hooks
-from inception.model import Inception, fold_batchnorm
+from inception.model import Inception, fold_batchnorm, out_channels
 from inception.runtime import (
     autocast_dtype,
     choose_precision,
@@ -334,10 +334,6 @@ def _inception_module(model: nn.Module, name: str) -> Inception:
     return found[name]
 
 
-def _out_channels(branch: nn.Module) -> int:
-    return [m for m in branch.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-
-
 def branch_ablation(model: nn.Module, data: ImageData, module: str = "inception4c",
                     split: str = "val", *, batch_size: int | None = None,
                     device: torch.device | str | None = None) -> pd.DataFrame:
@@ -359,7 +355,7 @@ def branch_ablation(model: nn.Module, data: ImageData, module: str = "inception4
     for name in BRANCHES:
         branch = getattr(target, name)
         with silence_branch(target, name):
-            rows.append({"branch": branch_path(branch), "channels": _out_channels(branch),
+            rows.append({"branch": branch_path(branch), "channels": out_channels(branch),
                          "accuracy": run()})
     table = pd.DataFrame(rows)
     table["drop"] = table["accuracy"].iloc[0] - table["accuracy"]

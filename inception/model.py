@@ -427,6 +427,18 @@ def _drop_aux_heads(model: GoogLeNet) -> None:
     model.aux_logits = model.arch["aux_logits"] = False
 
 
+def out_channels(block: nn.Module) -> int:
+    """Output channels of a layer, a branch or a module: those of its last convolution.
+
+    The one answer for the diagrams in `plots` and the branch tables in `evaluate` (a branch
+    is a ConvBNReLU, a Sequential of them, or a pool followed by one).
+    """
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(block).__name__} holds no convolution")
+    return convs[-1].out_channels
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

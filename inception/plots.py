@@ -32,6 +32,7 @@ from inception.data import (
     random_crop_flip,
     shard_indices,
 )
+from inception.model import out_channels
 
 _RGB = (("R", "tab:red"), ("G", "tab:green"), ("B", "tab:blue"))
 _WRONG, _RIGHT = "tab:red", "black"
@@ -227,6 +228,56 @@ def training_curves(history: pd.DataFrame, *, source: str) -> Figure:
     return fig
 
 
+def accuracy_against_time(runs: Sequence[dict], *, source: str) -> Figure:
+    """Validation accuracy against training minutes, one curve per run of another budget.
+
+    Each run is a record of `benchmarks/time_to_accuracy.py --record` (its `config`, `history`
+    and test accuracies). A budget-limited run lays its whole schedule over its budget, so a
+    longer run is not a shorter one continued: each is drawn whole, ending at its own budget.
+    """
+    fig = _figure(8, 4.5)
+    with sns.axes_style("whitegrid"):
+        ax = fig.subplots()
+    for run in sorted(runs, key=lambda r: r["config"]["budget_min"]):
+        history = pd.DataFrame(run["history"])
+        minutes = history["seconds"].cumsum() / 60
+        label = (f"{run['config']['budget_min']:g}-min budget: {history.val_acc.iloc[-1]:.1%} "
+                 f"val, {run['test_acc_tta']:.1%} test (flip TTA)")
+        ax.plot(minutes, 100 * history["val_acc"], marker="o", ms=4, label=label)
+    ax.set_xscale("log")
+    ticks = sorted({float(r["config"]["budget_min"]) for r in runs})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("training minutes (log scale; validation after each epoch)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.legend(loc="lower right")
+    _title(fig, "What more CPU time buys: the same recipe under three budgets", source)
+    return fig
+
+
+def transfer_curves(results: pd.DataFrame, *, chance: float, source: str) -> Figure:
+    """Test accuracy against labelled training images per class, one line per way of starting.
+
+    `results` has one row per run: `method`, `per_class` and `test_acc` (a fraction).
+    """
+    fig = _figure(8, 4.5)
+    with sns.axes_style("whitegrid"):
+        ax = fig.subplots()
+    for method, rows in results.groupby("method", sort=False):
+        rows = rows.sort_values("per_class")
+        ax.plot(rows["per_class"], 100 * rows["test_acc"], marker="o", label=method)
+    ax.axhline(100 * chance, color="grey", ls=":", label=f"chance ({chance:.0%})")
+    sizes = sorted(results["per_class"].unique())
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training images per class (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(loc="lower right")
+    _title(fig, "Little data: training from scratch against starting from another task", source)
+    return fig
+
+
 def lr_schedule(lrs: Sequence[float] | Tensor | np.ndarray, *,
                 title: str = "Learning-rate schedule") -> Figure:
     """The learning rate at every optimizer step."""
@@ -391,11 +442,6 @@ def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float]) -> No
                 arrowprops=dict(arrowstyle="-|>", color="0.25", lw=1.2, shrinkA=0, shrinkB=0))
 
 
-def _out_channels(block: torch.nn.Module) -> int:
-    """Output channels of a ConvBNReLU-like block, read from its weight (out, in, k, k)."""
-    return block.conv.weight.shape[0]
-
-
 def inception_module_diagram(module: torch.nn.Module, side: int, *,
                              name: str = "inception3a") -> Figure:
     """One Inception module as the paper draws it, with the widths read from its convolutions."""
@@ -403,23 +449,23 @@ def inception_module_diagram(module: torch.nn.Module, side: int, *,
                                          module.branch4)
     k = c5.conv.kernel_size[0]
     in_channels = b1.conv.weight.shape[1]
-    out_channels = sum(_out_channels(b) for b in (b1, c3, c5, proj))
+    concatenated = sum(out_channels(b) for b in (b1, c3, c5, proj))
     fig = _figure(11, 5.9)
     ax = fig.subplots()
     xs, low, high = (1.5, 4.2, 6.9, 9.6), 1.6, 3.1
     _, prev_top = _box(ax, 5.55, 0, f"Previous layer\n{side}x{side}x{in_channels}", _FILL["io"],
                        3.2)
-    cat_bottom, _ = _box(ax, 5.55, 4.6, f"Filter concatenation\n{side}x{side}x{out_channels}",
+    cat_bottom, _ = _box(ax, 5.55, 4.6, f"Filter concatenation\n{side}x{side}x{concatenated}",
                          _FILL["io"], 10.4)
     lower = [None,
-             _box(ax, xs[1], low, f"1x1 conv, {_out_channels(r3)}\n(3x3 reduce)", _FILL["reduce"]),
-             _box(ax, xs[2], low, f"1x1 conv, {_out_channels(r5)}\n({k}x{k} reduce)",
+             _box(ax, xs[1], low, f"1x1 conv, {out_channels(r3)}\n(3x3 reduce)", _FILL["reduce"]),
+             _box(ax, xs[2], low, f"1x1 conv, {out_channels(r5)}\n({k}x{k} reduce)",
                   _FILL["reduce"]),
              _box(ax, xs[3], low, "3x3 max pool\nstride 1", _FILL["pool"])]
-    upper = [_box(ax, xs[0], high, f"1x1 conv, {_out_channels(b1)}", _FILL["conv1"]),
-             _box(ax, xs[1], high, f"3x3 conv, {_out_channels(c3)}", _FILL["conv3"]),
-             _box(ax, xs[2], high, f"{k}x{k} conv, {_out_channels(c5)}", _FILL["conv5"]),
-             _box(ax, xs[3], high, f"1x1 conv, {_out_channels(proj)}\n(pool proj)",
+    upper = [_box(ax, xs[0], high, f"1x1 conv, {out_channels(b1)}", _FILL["conv1"]),
+             _box(ax, xs[1], high, f"3x3 conv, {out_channels(c3)}", _FILL["conv3"]),
+             _box(ax, xs[2], high, f"{k}x{k} conv, {out_channels(c5)}", _FILL["conv5"]),
+             _box(ax, xs[3], high, f"1x1 conv, {out_channels(proj)}\n(pool proj)",
                   _FILL["reduce"])]
     for i, x in enumerate(xs):
         first = upper[i] if lower[i] is None else lower[i]
@@ -536,11 +582,11 @@ def _describe_layer(layer: torch.nn.Module) -> tuple[str, str]:
     if hasattr(layer, "branch1"):  # widths: 1x1 | 3x3 reduce -> 3x3 | 5x5 reduce -> 5x5 | proj
         b1, (r3, c3), (r5, c5), (_, proj) = (layer.branch1, layer.branch2, layer.branch3,
                                              layer.branch4)
-        widths = (f"{_out_channels(b1)} | {_out_channels(r3)}→{_out_channels(c3)} | "
-                  f"{_out_channels(r5)}→{_out_channels(c5)} | {_out_channels(proj)}")
+        widths = (f"{out_channels(b1)} | {out_channels(r3)}→{out_channels(c3)} | "
+                  f"{out_channels(r5)}→{out_channels(c5)} | {out_channels(proj)}")
         return widths, "inception"
     if hasattr(layer, "fc2"):
-        return (f"pool to 4×4, 1×1 conv {_out_channels(layer.conv)}, "
+        return (f"pool to 4×4, 1×1 conv {out_channels(layer.conv)}, "
                 f"fc {layer.fc1.out_features}, fc {layer.fc2.out_features}"), "aux"
     if hasattr(layer, "conv"):
         k, s = first(layer.conv.kernel_size), first(layer.conv.stride)
