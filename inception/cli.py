@@ -31,7 +31,7 @@ from inception import distributed
 from inception.data import SMALL_SIDE, default_crop, load_cifar, load_folder
 from inception.errors import InceptionError
 from inception.model import MODELS, list_models
-from inception.runtime import describe_runtime, resolve_device, seed_everything
+from inception.runtime import brief_warnings, describe_runtime, resolve_device, seed_everything
 from inception.train import (
     PRESETS,
     fit,
@@ -488,6 +488,16 @@ def _rank_tag() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code. The one error boundary of every command."""
     args = build_parser().parse_args(argv)
+    shown = warnings.formatwarning
+    if not args.debug:  # "UserWarning: message", without this package's file path and line
+        brief_warnings()
+    try:
+        return _run(args)
+    finally:
+        warnings.formatwarning = shown
+
+
+def _run(args: argparse.Namespace) -> int:
     commands = {"train": _train, "evaluate": _evaluate, "predict": _predict, "models": _models,
                 "export": _export}
     try:

@@ -125,3 +125,22 @@ def test_transfer_options_that_do_not_fit_get_a_one_line_error(argv, message, tm
                  str(tmp_path / "run"), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_warnings_print_as_one_line_without_the_package_path_unless_debugging(monkeypatch):
+    import warnings
+
+    import inception.cli as cli
+
+    seen = []
+
+    def models(_args):  # how a warning raised inside a command would be printed
+        seen.append(warnings.formatwarning("no val/ folder", UserWarning,
+                                           "/site-packages/inception/cli.py", 236))
+
+    monkeypatch.setattr(cli, "_models", models)
+    before = warnings.formatwarning
+    assert main(["models"]) == 0 and main(["models", "--debug"]) == 0
+    assert seen[0] == "UserWarning: no val/ folder\n"
+    assert "/site-packages/inception/cli.py:236" in seen[1]  # --debug keeps the location
+    assert warnings.formatwarning is before  # in-process callers get theirs back
