@@ -6,6 +6,8 @@ num_workers = the core count, fp32, NCHW, and `.item()` on every step. Both run 
 at the same batch size, alternating in one process so machine noise hits both alike.
 
     python benchmarks/throughput.py --models googlenet_cifar_small --rounds 2
+    python benchmarks/throughput.py --models googlenet_cifar_small --width 0.25 --batch-size 64
+                                    (the cpu preset's network and batch)
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class PILCifar(Dataset):
         return self.transform(Image.fromarray(self.images[i])), self.labels[i]
 
 
-def reference_img_per_s(model_name: str, data, batch_size: int, steps: int) -> float:
+def reference_img_per_s(model_name: str, data, batch_size: int, steps: int,
+                        width: float | None = None) -> float:
     """Images per second of the tutorial-style loop, after one warm-up step."""
     tf = transforms.Compose([
         transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
@@ -52,7 +55,7 @@ def reference_img_per_s(model_name: str, data, batch_size: int, steps: int) -> f
                         batch_size=batch_size, shuffle=True, drop_last=True,
                         num_workers=os.cpu_count(), persistent_workers=False)
     torch.manual_seed(0)
-    model = TrainConfig(model=model_name).build_model(len(data.classes)).train()
+    model = TrainConfig(model=model_name, width=width).build_model(len(data.classes)).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
     done, start = 0, None
@@ -72,9 +75,10 @@ def reference_img_per_s(model_name: str, data, batch_size: int, steps: int) -> f
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def ours_img_per_s(model_name: str, data, batch_size: int, steps: int) -> float:
+def ours_img_per_s(model_name: str, data, batch_size: int, steps: int,
+                   width: float | None = None) -> float:
     """Images per second of inception.train.fit (its own measurement, training steps only)."""
-    config = replace(TrainConfig(model=model_name), batch_size=batch_size, epochs=1,
+    config = replace(TrainConfig(model=model_name, width=width), batch_size=batch_size, epochs=1,
                      max_steps=steps + 1, train_limit=(steps + 1) * batch_size, eval_limit=0)
     torch.manual_seed(0)
     model = config.build_model(len(data.classes))
@@ -82,9 +86,9 @@ def ours_img_per_s(model_name: str, data, batch_size: int, steps: int) -> float:
     return float(result.history.img_per_s.iloc[-1])
 
 
-def eval_img_per_s(model_name: str, data, n: int) -> float:
+def eval_img_per_s(model_name: str, data, n: int, width: float | None = None) -> float:
     """Inference images per second of inception.evaluate.predict."""
-    model = TrainConfig(model=model_name).build_model(len(data.classes))
+    model = TrainConfig(model=model_name, width=width).build_model(len(data.classes))
     images, labels = data.test_images[:n], data.test_labels[:n]
     predict(model, images[:200], labels[:200], mean=data.mean, std=data.std)  # warm-up
     start = time.perf_counter()
@@ -97,6 +101,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+",
                         default=["googlenet_cifar_small", "googlenet_cifar"])
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--width", type=float, help="width multiplier (default: the registry's)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per loop")
     parser.add_argument("--eval-images", type=int, default=2000)
@@ -104,16 +109,17 @@ def main() -> None:
     warnings.simplefilter("ignore", UserWarning)  # the unofficial-copy notice, once is enough
     data = load_cifar()
     print(f"data: {data.title} | torch {torch.__version__} | {torch.get_num_threads()} threads "
-          f"| {os.cpu_count()} cores")
+          f"| {os.cpu_count()} cores | width {args.width or 'the registry default'} | batch "
+          f"{args.batch_size}")
     print(f"{'model':<24}{'reference img/s':>16}{'ours img/s':>12}{'ratio':>8}{'eval img/s':>12}")
     for name in args.models:
         steps = args.steps if name.endswith("small") else max(3, args.steps // 5)
         ref, ours = [], []
         for _ in range(args.rounds):
-            ref.append(reference_img_per_s(name, data, args.batch_size, steps))
-            ours.append(ours_img_per_s(name, data, args.batch_size, steps))
+            ref.append(reference_img_per_s(name, data, args.batch_size, steps, args.width))
+            ours.append(ours_img_per_s(name, data, args.batch_size, steps, args.width))
         r, o = statistics.median(ref), statistics.median(ours)
-        e = eval_img_per_s(name, data, args.eval_images)
+        e = eval_img_per_s(name, data, args.eval_images, args.width)
         print(f"{name:<24}{r:>16.1f}{o:>12.1f}{o / r:>7.2f}x{e:>12.1f}", flush=True)
 
 

@@ -5,21 +5,29 @@ are timed separately), which is how the presets' budgets are defined.
 
     python benchmarks/time_to_accuracy.py --preset cpu              # the 15-minute CPU run
     python benchmarks/time_to_accuracy.py --preset cpu --budget-min 5 --width 0.125
+    python benchmarks/time_to_accuracy.py --preset cpu --budget-min 45 --record runs.json
+
+`--record` appends the run (machine, config, per-epoch history, test accuracy) to a JSON list:
+the accuracy-against-time table in the README and notebook 04's figure are read from such records.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import resource
 import sys
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import torch
 
 from inception.data import load_cifar
 from inception.evaluate import evaluate
+from inception.runtime import describe_machine
 from inception.train import fit, get_preset
 
 
@@ -38,6 +46,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="override the batch size")
     parser.add_argument("--lr", type=float, help="override the peak learning rate")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", type=Path, help="append this run to a JSON list in this file")
     args = parser.parse_args()
 
     config = get_preset(args.preset)
@@ -55,11 +64,12 @@ def main() -> None:
     wall = time.perf_counter()
     result = fit(model, data, config)
     fit_wall = time.perf_counter() - wall
-    rows = []
+    rows, test = [], {}
     for tta in (False, True):
         start = time.perf_counter()
         report = evaluate(result.model, data, "test", tta=tta, device=result.device)
         rows.append((report.summary(), time.perf_counter() - start))
+        test["test_acc_tta" if tta else "test_acc"] = report.accuracy
 
     print(f"\npreset {args.preset}: training {result.train_seconds:.0f} s "
           f"({result.stopped_by}), fit wall time incl. validation {fit_wall:.0f} s, "
@@ -68,6 +78,15 @@ def main() -> None:
         print(f"{summary} (evaluated in {seconds:.1f} s)")
     print(f"best val accuracy {result.history.val_acc.max():.2%}; "
           f"peak resident memory {peak_rss_mb():.0f} MB")
+    if args.record is not None:
+        record = dict(date=datetime.date.today().isoformat(), machine=describe_machine(),
+                      torch=torch.__version__, data=data.title, preset=args.preset,
+                      config=asdict(config), precision=result.precision,
+                      stopped_by=result.stopped_by, train_seconds=round(result.train_seconds, 1),
+                      history=result.history.to_dict(orient="records"), **test)
+        runs = json.loads(args.record.read_text()) if args.record.exists() else []
+        args.record.write_text(json.dumps([*runs, record], indent=1) + "\n")
+        print(f"recorded in {args.record} ({len(runs) + 1} runs)")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,37 @@ def test_training_figures_render_with_unmeasured_validation_epochs():
     _check(plots.lr_schedule(torch.linspace(0, 0.1, 50).tolist() + [0.05] * 10), None)
 
 
+def test_accuracy_against_time_draws_each_run_against_its_cumulative_minutes():
+    def run(budget, seconds, accs, tta):
+        return {"config": {"budget_min": budget}, "test_acc_tta": tta,
+                "history": [{"seconds": s, "val_acc": a}
+                            for s, a in zip(seconds, accs, strict=True)]}
+
+    runs = [run(15, [300, 300, 300], [0.5, 0.6, 0.7], 0.72),
+            run(5, [150, 150], [0.4, 0.55], 0.56)]
+    source = "CIFAR-10 (unofficial copy); AMD EPYC, 2 cores, AVX2, no native bf16"
+    fig = plots.accuracy_against_time(runs, source=source)
+    ax = fig.axes[0]
+    first, second = ax.get_lines()  # the shorter budget first, whatever the records' order
+    assert list(first.get_xdata()) == [2.5, 5.0] and list(second.get_xdata()) == [5.0, 10.0, 15.0]
+    assert list(second.get_ydata()) == pytest.approx([50.0, 60.0, 70.0])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[1] == "15-min budget: 70.0% val, 72.0% test (flip TTA)"
+    _check(fig, source)
+
+
+def test_transfer_curves_draw_one_line_per_method_and_the_chance_level():
+    results = pd.DataFrame({"method": ["scratch", "scratch", "fine-tune", "fine-tune"],
+                            "per_class": [250, 50, 50, 250], "test_acc": [0.5, 0.3, 0.6, 0.7]})
+    fig = plots.transfer_curves(results, chance=0.2, source="CIFAR-10 task B")
+    ax = fig.axes[0]
+    scratch, tuned, chance = ax.get_lines()
+    assert list(scratch.get_xdata()) == [50, 250] and list(scratch.get_ydata()) == [30.0, 50.0]
+    assert list(tuned.get_ydata()) == [60.0, 70.0] and list(chance.get_ydata()) == [20.0, 20.0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == "chance (20%)"
+    _check(fig, "CIFAR-10 task B")
+
+
 def test_evaluation_figures_are_titled_with_the_source(data, predictions):
     cm = confusion_matrix(predictions.labels, predictions.preds, 10)
     _check(plots.confusion_heatmap(cm, data.classes, source=data.title), data.title)
