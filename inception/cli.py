@@ -208,7 +208,28 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # also accepted after the command
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help=debug)
+    parser.commands = sub.choices  # for parse_args, which parses predict's words again
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as a Namespace; predict takes its options anywhere among its paths.
+
+    argparse fills the positionals from the first run of bare words only, so in
+    `predict ckpt.pt --top-k 3 a.jpg` a.jpg would be left over. `parse_intermixed_args`
+    gathers every bare word first but refuses a parser with subcommands, so predict's parser
+    parses its own words again that way: those after the command, which is the first bare
+    word (the top level has only flags).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if args.command == "predict":
+        own = parser.commands["predict"].parse_intermixed_args(argv[argv.index("predict") + 1:])
+        return argparse.Namespace(**{**vars(args), **vars(own)})
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -487,7 +508,7 @@ def _rank_tag() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code. The one error boundary of every command."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     shown = warnings.formatwarning
     if not args.debug:  # "UserWarning: message", without this package's file path and line
         brief_warnings()

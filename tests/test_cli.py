@@ -1,9 +1,11 @@
 """The command line: complete --help, one-line errors, and a train -> evaluate round trip."""
 
+from pathlib import Path
+
 import pytest
 from conftest import write_tiny_folder
 
-from inception.cli import main
+from inception.cli import main, parse_args
 
 
 def test_help_lists_every_option(capsys):
@@ -144,3 +146,41 @@ def test_warnings_print_as_one_line_without_the_package_path_unless_debugging(mo
     assert seen[0] == "UserWarning: no val/ folder\n"
     assert "/site-packages/inception/cli.py:236" in seen[1]  # --debug keeps the location
     assert warnings.formatwarning is before  # in-process callers get theirs back
+
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "ckpt.pt", "--top-k", "3", "a.jpg", "b.jpg", "--device", "cpu"],
+    ["predict", "ckpt.pt", "a.jpg", "--top-k", "3", "b.jpg", "--device", "cpu"],
+    ["predict", "--device", "cpu", "ckpt.pt", "a.jpg", "b.jpg", "--top-k", "3"],
+    ["--debug", "predict", "ckpt.pt", "--top-k", "3", "a.jpg", "--device", "cpu", "b.jpg"],
+    ["predict", "ckpt.pt", "--top-k", "3", "a.jpg", "--debug", "--device", "cpu", "b.jpg"],
+])
+def test_predict_options_may_come_between_the_paths(argv):
+    """Any order parses as all options first does, the order argparse always read right."""
+    options_first = vars(parse_args(["predict", "--top-k", "3", "--device", "cpu",
+                                     "ckpt.pt", "a.jpg", "b.jpg"]))
+    assert options_first["checkpoint"] == Path("ckpt.pt")
+    assert options_first["files"] == [Path("a.jpg"), Path("b.jpg")]
+    parsed = vars(parse_args(argv))
+    assert parsed.pop("debug") == ("--debug" in argv)
+    options_first.pop("debug")
+    assert parsed == options_first
+
+
+def test_predict_with_weights_takes_every_path_as_an_image_in_any_order():
+    args = parse_args(["predict", "--weights", "cifar10", "a.jpg", "--top-k", "3", "b.jpg"])
+    assert (args.weights, args.top_k) == ("cifar10", 3)
+    assert [args.checkpoint, *args.files] == [Path("a.jpg"), Path("b.jpg")]  # _predict's images
+
+
+@pytest.mark.parametrize("argv", [["predict", "ckpt.pt", "a.jpg", "--bogus"],
+                                  ["predict", "ckpt.pt", "--top-k", "0", "a.jpg"],
+                                  ["predict", "--top-k", "3"],
+                                  ["models", "extra"]])
+def test_predict_and_other_commands_still_refuse_bad_arguments_in_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as done:
+        parse_args(argv)
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "error:" in err

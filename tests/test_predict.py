@@ -152,6 +152,21 @@ def test_cli_prints_the_table_writes_the_csv_and_fails_for_a_bad_file(checkpoint
     assert pd.read_csv(csv)["error"].notna().tolist() == [False, False, False, True]
 
 
+def test_cli_takes_options_between_the_images(checkpoint, tmp_path):
+    files = _random_pngs(tmp_path / "images", n=2)
+    csv = tmp_path / "out.csv"
+    assert main(["predict", str(checkpoint), "--top-k", "2", str(files[0]), "--csv", str(csv),
+                 str(files[1]), "--device", "cpu"]) == 0
+    table = pd.read_csv(csv)
+    assert table["file"].tolist() == [str(f) for f in files]
+    assert "class_2" in table and "class_3" not in table
+    assert main(["predict", "--weights", "cifar10", str(files[0]), "--top-k", "3",
+                 str(files[1]), "--csv", str(csv), "--device", "cpu"]) == 0
+    table = pd.read_csv(csv)  # with --weights every path is an image, wherever it stands
+    assert table["file"].tolist() == [str(f) for f in files]
+    assert "class_3" in table and "class_4" not in table and table["error"].isna().all()
+
+
 def test_cli_takes_packaged_weights_and_names_unknown_ones_in_one_line(tmp_path, capsys):
     files = _random_pngs(tmp_path, n=1)
     assert main(["predict", "--weights", "cifar10", str(files[0]), "--device", "cpu"]) == 0
