@@ -387,9 +387,11 @@ def build_model(name: str, *, num_classes: int | None = None, aux_logits: bool |
     "imagenet" (torchvision's, downloaded into torch.hub's cache on first use). The weights fix
     the network, so `num_classes` defaults to theirs (10 without weights) and `aux_logits` to
     False (True without weights); aux heads a file holds are loaded, then dropped unless asked.
+    An unknown name or weights, or arguments the weights do not fit, are a ConfigError (a
+    ValueError); a damaged weight file is a WeightsError (also a ValueError).
     """
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+        raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     kwargs = {**MODELS[name].kwargs, **overrides}
     if weights is None:
         model = GoogLeNet(num_classes=10 if num_classes is None else num_classes,
@@ -409,8 +411,8 @@ def build_model(name: str, *, num_classes: int | None = None, aux_logits: bool |
     differ = {k: (v, saved[k]) for k, v in asked.items() if k in saved and saved[k] != v}
     if differ:
         detail = ", ".join(f"{k}={v!r} (the weights have {w!r})" for k, (v, w) in differ.items())
-        raise ValueError(f"the {weights!r} weights of {name} do not fit {detail}; drop those "
-                         "arguments, or build without weights and train")
+        raise ConfigError(f"the {weights!r} weights of {name} do not fit {detail}; drop those "
+                          "arguments, or build without weights and train")
     model = GoogLeNet(**saved)
     model.name = name
     model.load_state_dict(pretrained.state_dict())

@@ -129,7 +129,8 @@ def get_weights(model: str, name: str) -> Weights:
     """The weights `name` (e.g. "cifar10") for the registered model `model`.
 
     "imagenet" for googlenet is torchvision's (a `TorchvisionWeights`, nothing downloaded yet).
-    Raises ValueError, listing what exists, for a model/weights pair there is none of.
+    A model/weights pair there is none of is a ConfigError listing what exists; a record
+    lacking fields is a WeightsError. Both are ValueErrors, as the README promises.
     """
     if (model, name) in TORCHVISION_WEIGHTS:
         return _torchvision_weights(model, name)
@@ -137,12 +138,12 @@ def get_weights(model: str, name: str) -> Weights:
     if not record.is_file():
         have = available_weights()
         listing = "; ".join(f"{m}: {', '.join(ws)}" for m, ws in have.items()) or "none"
-        raise ValueError(f"no {name!r} weights for model {model!r}. Packaged weights: {listing}")
+        raise ConfigError(f"no {name!r} weights for model {model!r}. Packaged weights: {listing}")
     meta = json.loads(record.read_text())
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing:
-        raise ValueError(f"{record} lacks {', '.join(missing)}: the package install is damaged; "
-                         "reinstall it")
+        raise WeightsError(f"{record} lacks {', '.join(missing)}: the package install is "
+                           "damaged; reinstall it")
     return Weights(model, name, record.with_suffix(".pt"), meta)
 
 
@@ -247,15 +248,15 @@ def sha256(path: str | Path) -> str:
 
 
 def verify(weights: Weights) -> None:
-    """Raise ValueError unless the weight file exists and matches its recorded sha256."""
+    """Raise WeightsError (a ValueError) unless the file exists and matches its recorded sha256."""
     if not weights.path.is_file():
-        raise ValueError(f"{weights.path} is missing: the package install is incomplete; "
-                         "reinstall it (pip install -e . in a checkout)")
+        raise WeightsError(f"{weights.path} is missing: the package install is incomplete; "
+                           "reinstall it (pip install -e . in a checkout)")
     actual = sha256(weights.path)
     if actual != weights.meta["sha256"]:
-        raise ValueError(f"{weights.path} is damaged or was changed: its sha256 is {actual}, "
-                         f"the record says {weights.meta['sha256']}. Reinstall the package "
-                         "(in a checkout: git checkout -- inception/pretrained)")
+        raise WeightsError(f"{weights.path} is damaged or was changed: its sha256 is {actual}, "
+                           f"the record says {weights.meta['sha256']}. Reinstall the package "
+                           "(in a checkout: git checkout -- inception/pretrained)")
 
 
 def export_weights(checkpoint: str | Path, into: str | Path, name: str, *,
@@ -292,7 +293,7 @@ def write_record(weights_file: str | Path, meta: dict) -> Path:
     meta = {**meta, "sha256": sha256(weights_file)}
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing:
-        raise ValueError(f"the provenance record needs {', '.join(missing)}")
+        raise ConfigError(f"the provenance record needs {', '.join(missing)}: pass them in meta")
     record = weights_file.with_suffix(".json")
     record.write_text(json.dumps(meta, indent=2) + "\n")
     return record

@@ -8,6 +8,7 @@ import torch
 
 import inception.weights as W
 from inception.data import load_cifar
+from inception.errors import ConfigError, WeightsError
 from inception.evaluate import accuracy, predict
 from inception.model import build_model, list_models
 from inception.train import TrainConfig, fit, load_checkpoint
@@ -71,6 +72,29 @@ def test_a_changed_weight_file_is_refused(reference, tmp_path, monkeypatch):
         build_model(MODEL, weights=NAME)
     damaged.unlink()
     with pytest.raises(ValueError, match="is missing"):
+        build_model(MODEL, weights=NAME)
+
+
+def test_weight_problems_are_the_packages_errors(reference, tmp_path, monkeypatch):
+    """An argument problem is a ConfigError, a damaged install a WeightsError: the tests above
+    catch the same calls as ValueError, which these types still are."""
+    with pytest.raises(ConfigError, match="no 'imagenet' weights for model"):
+        W.get_weights(MODEL, "imagenet")
+    with pytest.raises(ConfigError, match="unknown model 'googlenet_tiny'"):
+        build_model("googlenet_tiny", weights=NAME)
+    with pytest.raises(ConfigError, match="do not fit num_classes=100"):
+        build_model(MODEL, weights=NAME, num_classes=100)
+    (tmp_path / "m-x.pt").write_bytes(b"weights")
+    with pytest.raises(ConfigError, match="needs preset"):
+        W.write_record(tmp_path / "m-x.pt", {k: 0 for k in W.REQUIRED_META if k != "preset"})
+    meta = json.loads(reference.path.with_suffix(".json").read_text())
+    monkeypatch.setattr(W, "PRETRAINED_DIR", tmp_path)
+    record = tmp_path / reference.path.with_suffix(".json").name
+    record.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("preset", "std")}))
+    with pytest.raises(WeightsError, match=f"{record} lacks std, preset: the package install"):
+        W.get_weights(MODEL, NAME)
+    record.write_text(json.dumps(meta))  # a whole record, but no weight file beside it
+    with pytest.raises(WeightsError, match="is missing: the package install is incomplete"):
         build_model(MODEL, weights=NAME)
 
 
