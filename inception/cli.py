@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
 
     sub.add_parser("models", help="list the registered models, their parameter counts and "
-                   "packaged weights")
+                   "weights (with the parameter count of the network each fits)")
 
     export = sub.add_parser(
         "export", help="turn a checkpoint into shippable weights with a provenance record",
@@ -423,6 +423,8 @@ def _models(_: argparse.Namespace) -> None:
     table = pd.DataFrame(list_models()).set_index("name")
     print(table.to_string(formatters={"params": "{:,}".format,
                                       "params_with_aux": "{:,}".format}))
+    print("params: with 10 classes, without aux heads. weights: each with the parameter count "
+          "of the network it fits (without aux heads) and the settings where that network differs")
 
 
 def _preset_of(config: dict) -> str:

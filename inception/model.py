@@ -447,8 +447,13 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def list_models(num_classes: int = 10) -> list[dict]:
-    """Every registered model: parameter counts with and without aux heads, packaged weights."""
-    from inception.weights import available_weights  # late, as in build_model
+    """Every registered model: parameter counts with and without aux heads, and its weights.
+
+    Weights fix their own network, which need not be the row's: googlenet's imagenet weights
+    are torchvision's, with 1000 classes and 3x3 kernels in the "5x5" branch. So each weights
+    name comes with that network's parameter count and the settings where it differs.
+    """
+    from inception.weights import available_weights, get_weights  # late, as in build_model
 
     shipped = available_weights()
     rows = []
@@ -456,11 +461,25 @@ def list_models(num_classes: int = 10) -> list[dict]:
         with torch.device("meta"):  # count shapes without allocating or initialising weights
             deployed = build_model(name, num_classes=num_classes, aux_logits=False)
             training = build_model(name, num_classes=num_classes, aux_logits=True)
+        weights = [_weights_network(w, get_weights(name, w).meta["arch"], deployed.arch)
+                   for w in shipped.get(name, [])]
         rows.append(dict(name=name, description=spec.description,
                          params=count_parameters(deployed),
                          params_with_aux=count_parameters(training),
-                         weights=", ".join(shipped.get(name, [])) or "-"))
+                         weights=", ".join(weights) or "-"))
     return rows
+
+
+def _weights_network(name: str, arch: dict, registered: dict) -> str:
+    """'imagenet (6,624,904 params: num_classes=1000, five_by_five=False)': the network the
+    weights fit, as `build_model` loads it (no aux heads), with the settings that shape its
+    parameters where they differ from `registered` (dropout and transform_input hold none)."""
+    arch = {**arch, "aux_logits": False}
+    with torch.device("meta"):
+        params = count_parameters(GoogLeNet(**arch))
+    differ = [f"{k}={v!r}" for k, v in arch.items() if registered.get(k) != v
+              and k not in ("dropout", "dropout_aux", "transform_input")]
+    return f"{name} ({params:,} params" + (f": {', '.join(differ)})" if differ else ")")
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

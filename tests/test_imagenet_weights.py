@@ -64,6 +64,24 @@ def test_class_names_and_preprocessing_come_with_the_weights():
     assert "imagenet" in [r for r in list_models() if r["name"] == "googlenet"][0]["weights"]
 
 
+def test_models_list_the_imagenet_weights_with_torchvisions_parameter_count(tmp_path,
+                                                                           monkeypatch, capsys):
+    """The registry's googlenet (5x5 kernels, 10 classes) is not the network the imagenet
+    weights fit; the listing counts that one, torchvision's, without downloading it."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with torch.device("meta"):
+        theirs = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
+    count = sum(p.numel() for p in theirs.parameters())
+    assert count == 6_624_904  # torchvision's published figure
+    row = next(r for r in list_models() if r["name"] == "googlenet")
+    assert row["params"] != count
+    assert row["weights"] == f"imagenet ({count:,} params: num_classes=1000, five_by_five=False)"
+    from inception.cli import main
+
+    assert main(["models"]) == 0 and f"imagenet ({count:,} params" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())  # nothing downloaded
+
+
 def test_predict_with_imagenet_weights_matches_torchvision_on_its_own_preprocessing(cached,
                                                                                     tmp_path):
     """`predict --weights imagenet` reads a file as torchvision's pipeline does (shorter side to

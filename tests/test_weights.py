@@ -10,7 +10,7 @@ import inception.weights as W
 from inception.data import load_cifar
 from inception.errors import ConfigError, WeightsError
 from inception.evaluate import accuracy, predict
-from inception.model import build_model, list_models
+from inception.model import build_model, count_parameters, list_models
 from inception.train import TrainConfig, fit, load_checkpoint
 
 MODEL, NAME = "googlenet_cifar_small", "cifar10"
@@ -38,7 +38,8 @@ def test_build_model_with_weights_returns_the_file_in_eval_mode(reference):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), stored(x))
-    assert list_models()[[r["name"] for r in list_models()].index(MODEL)]["weights"] == NAME
+    listed = next(r for r in list_models() if r["name"] == MODEL)["weights"]
+    assert listed == f"{NAME} ({count_parameters(model):,} params)"  # the registered network
 
 
 @pytest.mark.parametrize("kwargs, named", [
