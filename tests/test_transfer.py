@@ -153,6 +153,28 @@ def test_imagenet_weights_transfer_to_five_classes_with_new_classifiers(cached):
     assert f"{len(source) - len(new)} tensors transferred, {len(new)} new" in summary
 
 
+@pytest.mark.usefixtures("no_network")
+def test_imagenet_googlenet_fine_tunes_on_upscaled_cifar_as_notebook_07_does(cached,
+                                                                          three_classes):
+    """Notebook 07's section 4 runs only where the real file downloads (never in CI), so its
+    path is run here on the offline stand-in: 112 px images, the ImageNet stem, lr x 0.1."""
+    def upscaled(images):
+        return torch.nn.functional.interpolate(images.float(), size=112, mode="bilinear").round(
+        ).clamp(0, 255).to(torch.uint8)
+
+    data = replace(three_classes, train_images=upscaled(three_classes.train_images),
+                   val_images=upscaled(three_classes.val_images),
+                   test_images=upscaled(three_classes.test_images))
+    config = replace(TINY, init_from="imagenet", model="googlenet", pretrained_lr_scale=0.1,
+                     eval_limit=None)
+    result = _train(data, config)
+    imagenet = get_weights("googlenet", "imagenet").meta
+    assert (list(result.mean), list(result.std)) == (imagenet["mean"], imagenet["std"])
+    assert result.history.val_acc.notna().all() and result.model.fc.out_features == 3
+    changed = _changed(result.model.state_dict(), torch.load(cached, weights_only=True))
+    assert "inception5b.branch1.conv.weight" in changed  # the trunk learned (at lr x 0.1)
+
+
 @pytest.mark.parametrize(("config", "words"), [
     (dict(init_from="alexnet"), ["neither pretrained weights", "cifar10"]),
     (dict(init_from="cifar10", width=0.25), ["width 0.5", "width 0.25"]),
