@@ -228,6 +228,17 @@ def training_curves(history: pd.DataFrame, *, source: str) -> Figure:
     return fig
 
 
+def _log_x(ax: Axes, ticks: Sequence[float], labels: Sequence[str], xlabel: str,
+           ylabel: str) -> None:
+    """A log-scale x axis ticked only at the measured points, axis labels, legend bottom right."""
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, labels)
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="lower right")
+
+
 def accuracy_against_time(runs: Sequence[dict], *, source: str) -> Figure:
     """Validation accuracy against training minutes, one curve per run of another budget.
 
@@ -244,13 +255,9 @@ def accuracy_against_time(runs: Sequence[dict], *, source: str) -> Figure:
         label = (f"{run['config']['budget_min']:g}-min budget: {history.val_acc.iloc[-1]:.1%} "
                  f"val, {run['test_acc_tta']:.1%} test (flip TTA)")
         ax.plot(minutes, 100 * history["val_acc"], marker="o", ms=4, label=label)
-    ax.set_xscale("log")
     ticks = sorted({float(r["config"]["budget_min"]) for r in runs})
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("training minutes (log scale; validation after each epoch)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.legend(loc="lower right")
+    _log_x(ax, ticks, [f"{t:g}" for t in ticks],
+           "training minutes (log scale; validation after each epoch)", "validation accuracy (%)")
     _title(fig, "What more CPU time buys: the same recipe under three budgets", source)
     return fig
 
@@ -268,12 +275,8 @@ def transfer_curves(results: pd.DataFrame, *, chance: float, source: str) -> Fig
         ax.plot(rows["per_class"], 100 * rows["test_acc"], marker="o", label=method)
     ax.axhline(100 * chance, color="grey", ls=":", label=f"chance ({chance:.0%})")
     sizes = sorted(results["per_class"].unique())
-    ax.set_xscale("log")
-    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
-    ax.minorticks_off()
-    ax.set_xlabel("labelled training images per class (log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(loc="lower right")
+    _log_x(ax, sizes, [f"{n:,}" for n in sizes],
+           "labelled training images per class (log scale)", "test accuracy (%)")
     _title(fig, "Little data: training from scratch against starting from another task", source)
     return fig
 
