@@ -29,7 +29,7 @@ import torch
 
 from inception import distributed
 from inception.data import SMALL_SIDE, default_crop, load_cifar, load_folder
-from inception.errors import InceptionError
+from inception.errors import ConfigError, InceptionError
 from inception.model import MODELS, list_models
 from inception.runtime import brief_warnings, describe_runtime, resolve_device, seed_everything
 from inception.train import (
@@ -279,12 +279,12 @@ def _check_dataset_arguments(args: argparse.Namespace) -> bool:
     """Whether --dataset names CIFAR; refuses options that do not apply to the dataset named."""
     cifar = args.dataset in _CIFAR
     if cifar and args.image_size is not None:
-        raise ValueError(f"--image-size is for image folders; {args.dataset} images are 32x32 "
-                         "(leave --image-size out, or give --dataset a folder)")
+        raise ConfigError(f"--image-size is for image folders; {args.dataset} images are 32x32 "
+                          "(leave --image-size out, or give --dataset a folder)")
     if not cifar and (args.data is not None or args.synthetic):
         option = "--data" if args.data is not None else "--synthetic"
-        raise ValueError(f"{option} is for CIFAR; with --dataset {args.dataset} the folder "
-                         f"itself is the data (leave {option} out)")
+        raise ConfigError(f"{option} is for CIFAR; with --dataset {args.dataset} the folder "
+                          f"itself is the data (leave {option} out)")
     return cifar
 
 
@@ -293,8 +293,8 @@ def _with_transfer(config, args: argparse.Namespace):
     width, so the preset's is dropped (the network comes from `_choose_model`)."""
     if args.init_from is None:
         if args.freeze is not None or args.pretrained_lr_scale is not None:
-            raise ValueError("--freeze and --pretrained-lr-scale act on pretrained layers: add "
-                             "--init-from NAME_OR_CHECKPOINT")
+            raise ConfigError("--freeze and --pretrained-lr-scale act on pretrained layers: add "
+                              "--init-from NAME_OR_CHECKPOINT")
         return config
     return replace(config, init_from=args.init_from, width=None, freeze=args.freeze,
                    pretrained_lr_scale=args.pretrained_lr_scale or 1.0)
@@ -338,15 +338,15 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     device = resolve_device(args.device)  # checked before anything slow: a typo fails at once
     if (args.checkpoint is None) == (args.weights is None):
-        raise ValueError("name a checkpoint file or --weights NAME (one of the two), e.g. "
-                         "python -m inception evaluate --weights cifar10")
+        raise ConfigError("name a checkpoint file or --weights NAME (one of the two), e.g. "
+                          "python -m inception evaluate --weights cifar10")
     if args.weights is not None:
         weights = get_weights(args.model, args.weights)
         if isinstance(weights, TorchvisionWeights):
-            raise ValueError(f"{args.model}/{args.weights} are torchvision's weights, scored on "
-                             "ImageNet, which this package does not load: evaluate scores "
-                             "CIFAR and image folders. Classify your own images with "
-                             f"python -m inception predict --weights {args.weights} FILES")
+            raise ConfigError(f"{args.model}/{args.weights} are torchvision's weights, scored on "
+                              "ImageNet, which this package does not load: evaluate scores "
+                              "CIFAR and image folders. Classify your own images with "
+                              f"python -m inception predict --weights {args.weights} FILES")
         verify(weights)
         checkpoint, png = weights.path, Path("confusion.png")
         print(f"packaged weights {args.model}/{args.weights}: "
@@ -383,10 +383,10 @@ def _predict(args: argparse.Namespace) -> int:
     elif args.checkpoint is not None:
         source, name = args.checkpoint, str(args.checkpoint)
     else:
-        raise ValueError("name a checkpoint file or --weights NAME, then the images, e.g. "
-                         "python -m inception predict --weights cifar10 photo.jpg")
+        raise ConfigError("name a checkpoint file or --weights NAME, then the images, e.g. "
+                          "python -m inception predict --weights cifar10 photo.jpg")
     if args.csv is not None and args.csv.is_dir():
-        raise ValueError(f"--csv {args.csv} is a folder: name a file, e.g. {args.csv / 'out.csv'}")
+        raise ConfigError(f"--csv {args.csv} is a folder: name a file, e.g. {args.csv / 'out.csv'}")
     table = predict_images(source, files, top_k=args.top_k, device=device)
     failed = int(table["error"].notna().sum())
     print(f"{len(table) - failed} of {len(table)} images classified with {name}")
@@ -443,7 +443,7 @@ def _export(args: argparse.Namespace) -> None:
 
     extra = dict(item.split("=", 1) for item in args.set if "=" in item)
     if len(extra) != len(args.set):
-        raise ValueError(f"--set takes KEY=VALUE, got {args.set}")
+        raise ConfigError(f"--set takes KEY=VALUE, got {args.set}")
     out = export_weights(args.checkpoint, args.into, args.name)
     model, meta = load_checkpoint(out, map_location="cpu")  # measure the file that ships
     data = _data_of(meta["data"], args.data)

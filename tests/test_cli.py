@@ -6,6 +6,7 @@ import pytest
 from conftest import write_tiny_folder
 
 from inception.cli import main, parse_args
+from inception.errors import CheckpointNotFoundError, ConfigError, DatasetError
 
 
 def test_help_lists_every_option(capsys):
@@ -39,10 +40,29 @@ def test_bad_arguments_get_a_one_line_error(argv, capsys):
     assert len(err.strip().splitlines()) == 1 and "error:" in err
 
 
-def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
-    assert main(["evaluate", str(tmp_path / "nope.pt")]) == 1
+def _fails_with(argv, message, error, capsys):
+    """main(argv) prints one line holding `message`; --debug's traceback shows it was `error`,
+    the package's own class for it (the one line alone would read the same from a ValueError)."""
+    assert main(argv) == 1
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "no checkpoint at" in err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert main([*argv, "--debug"]) == 1
+    assert f"inception.errors.{error.__name__}: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message", "error"), [
+    (["evaluate", "{tmp}/nope.pt", "--device", "cpu"], "no checkpoint at",
+     CheckpointNotFoundError),
+    (["evaluate", "--device", "cpu"], "name a checkpoint file or --weights NAME (one of the two)",
+     ConfigError),
+    (["predict", "ckpt.pt", "a.jpg", "--csv", "{tmp}", "--device", "cpu"],
+     "is a folder: name a file", ConfigError),
+    (["export", "ckpt.pt", "--name", "x", "--set", "commit"], "--set takes KEY=VALUE",
+     ConfigError),
+])
+def test_commands_refuse_what_they_cannot_use_in_one_line(argv, message, error, tmp_path,
+                                                          capsys):
+    _fails_with([a.format(tmp=tmp_path) for a in argv], message, error, capsys)
 
 
 def test_train_then_evaluate_round_trip(tmp_path, capsys):
@@ -66,18 +86,20 @@ def test_train_then_evaluate_round_trip(tmp_path, capsys):
 
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--dataset", "cifar10", "--image-size", "64"], "--image-size is for image folders"),
-    (["--dataset", "{folder}", "--synthetic"], "--synthetic is for CIFAR"),
-    (["--dataset", "{folder}", "--data", "x"], "--data is for CIFAR"),
-    (["--dataset", "{tmp}/nowhere"], "nowhere does not exist: point --dataset at a folder"),
+@pytest.mark.parametrize(("argv", "message", "error"), [
+    (["--dataset", "cifar10", "--image-size", "64"], "--image-size is for image folders",
+     ConfigError),
+    (["--dataset", "{folder}", "--synthetic"], "--synthetic is for CIFAR", ConfigError),
+    (["--dataset", "{folder}", "--data", "x"], "--data is for CIFAR", ConfigError),
+    (["--dataset", "{tmp}/nowhere"], "nowhere does not exist: point --dataset at a folder",
+     DatasetError),
 ])
-def test_dataset_options_that_do_not_fit_get_a_one_line_error(argv, message, tmp_path, capsys):
+def test_dataset_options_that_do_not_fit_get_a_one_line_error(argv, message, error, tmp_path,
+                                                              capsys):
     folder = write_tiny_folder(tmp_path / "set", per_class=2)
     argv = [a.format(folder=folder, tmp=tmp_path) for a in argv]
-    assert main(["train", *argv, "--out", str(tmp_path / "run"), "--device", "cpu"]) == 1
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and message in err
+    _fails_with(["train", *argv, "--out", str(tmp_path / "run"), "--device", "cpu"], message,
+                error, capsys)
 
 
 def test_train_on_an_image_folder_picks_the_stem_by_size_then_evaluates(tmp_path, capsys):
@@ -127,10 +149,8 @@ def test_train_from_packaged_weights_on_an_image_folder_then_resume(tmp_path, ca
 ])
 def test_transfer_options_that_do_not_fit_get_a_one_line_error(argv, message, tmp_path,
                                                                 capsys):
-    assert main(["train", "--preset", "quick", "--synthetic", *argv, "--out",
-                 str(tmp_path / "run"), "--device", "cpu"]) == 1
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and message in err, err
+    _fails_with(["train", "--preset", "quick", "--synthetic", *argv, "--out",
+                 str(tmp_path / "run"), "--device", "cpu"], message, ConfigError, capsys)
 
 
 def test_warnings_print_as_one_line_without_the_package_path_unless_debugging(monkeypatch):
