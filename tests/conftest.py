@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny CIFAR-10 in the official python layout, the real one if present, and
-an offline stand-in for torchvision's ImageNet GoogLeNet file."""
+"""Shared fixtures: a tiny CIFAR-10 in the official python layout, the real one if present, a
+synthetic stand-in with a seeded CPU run on it, and an offline stand-in for torchvision's
+ImageNet GoogLeNet file."""
 
 import dataclasses
 import pickle
@@ -15,6 +16,7 @@ import torchvision
 
 import inception.weights as W
 from inception.data import default_root, load_cifar
+from inception.train import fit
 
 BATCH_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
                "test_batch"]
@@ -52,6 +54,22 @@ def real_cifar10():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the unofficial-copy warning is tested elsewhere
         return load_cifar(root=root, download=False)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    """The synthetic CIFAR-10 stand-in, large enough for the tiny runs the training tests repeat
+    (their configs' train_limit and eval_limit take what each needs). A module may define its own
+    `synthetic` of another size, which pytest then uses instead."""
+    return load_cifar(source="synthetic", train_limit=256, eval_limit=64)
+
+
+def train_on_cpu(data, config, *, progress: bool = False, **kwargs):
+    """fit a new model of `config` on the CPU, its initial weights drawn from `config.seed`, so
+    that two runs of one config can be compared weight for weight."""
+    torch.manual_seed(config.seed)
+    model = config.build_model(len(data.classes))
+    return fit(model, data, config, device="cpu", progress=progress, **kwargs)
 
 
 @pytest.fixture(scope="module")

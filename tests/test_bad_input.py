@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BATCH_FILES, write_tiny_cifar10
+from conftest import BATCH_FILES, train_on_cpu, write_tiny_cifar10
 
 import inception.cli as cli
 import inception.train as T
@@ -477,20 +477,10 @@ TINY_RUN = TrainConfig(epochs=1, batch_size=16, lr=0.05, train_limit=32, eval_li
                        width=0.125)
 
 
-@pytest.fixture(scope="module")
-def synthetic():
-    return load_cifar(source="synthetic", train_limit=64, eval_limit=16)
-
-
-def _train(data, config, **kwargs):
-    torch.manual_seed(config.seed)
-    return fit(config.build_model(len(data.classes)), data, config, device="cpu", **kwargs)
-
-
 def test_a_fresh_run_says_where_the_earlier_checkpoint_went(synthetic, tmp_path, capsys):
-    _train(synthetic, TINY_RUN, out_dir=tmp_path, progress=False)
+    train_on_cpu(synthetic, TINY_RUN, out_dir=tmp_path)
     first = (tmp_path / "checkpoint.pt").read_bytes()
-    _train(synthetic, replace(TINY_RUN, seed=5), out_dir=tmp_path)
+    train_on_cpu(synthetic, replace(TINY_RUN, seed=5), out_dir=tmp_path, progress=True)
     out = capsys.readouterr().out
     [kept] = tmp_path.glob("checkpoint-*.pt")
     assert f"kept the earlier checkpoint as {kept}" in out and f"--resume {kept}" in out
@@ -498,12 +488,11 @@ def test_a_fresh_run_says_where_the_earlier_checkpoint_went(synthetic, tmp_path,
 
 
 def test_resuming_a_kept_aside_checkpoint_keeps_the_current_one_too(synthetic, tmp_path):
-    _train(synthetic, TINY_RUN, out_dir=tmp_path, progress=False)
-    _train(synthetic, replace(TINY_RUN, seed=5), out_dir=tmp_path, progress=False)
+    train_on_cpu(synthetic, TINY_RUN, out_dir=tmp_path)
+    train_on_cpu(synthetic, replace(TINY_RUN, seed=5), out_dir=tmp_path)
     [earlier] = tmp_path.glob("checkpoint-*.pt")
     current = (tmp_path / "checkpoint.pt").read_bytes()
-    _train(synthetic, replace(TINY_RUN, epochs=2), out_dir=tmp_path, resume=earlier,
-         progress=False)
+    train_on_cpu(synthetic, replace(TINY_RUN, epochs=2), out_dir=tmp_path, resume=earlier)
     kept = {p.read_bytes() for p in tmp_path.glob("checkpoint-*.pt")}
     assert current in kept and earlier.is_file()  # neither earlier run was overwritten
     assert T.read_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
@@ -555,7 +544,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(synthetic, t
     monkeypatch.setattr(T, "loss_fn", nan_from_step_6)
     with pytest.raises(TrainingError, match=r"diverged in epoch 2: the training loss became nan"
                                             r".*last good checkpoint.*is kept.*lower learning"):
-        _train(synthetic, THREE_EPOCHS, out_dir=tmp_path, progress=False)
+        train_on_cpu(synthetic, THREE_EPOCHS, out_dir=tmp_path)
     model, meta = T.load_checkpoint(tmp_path / "checkpoint.pt")
     assert meta["epoch"] == 1 and T.nonfinite_tensors(model) == []
 
@@ -568,7 +557,7 @@ def test_a_nan_batch_poisons_batchnorm_but_never_reaches_a_checkpoint(synthetic,
     torch.manual_seed(0)
     model = THREE_EPOCHS.build_model(10)
     with pytest.raises(TrainingError, match="diverged in epoch 2"):
-        fit(model, synthetic, THREE_EPOCHS, device="cpu", out_dir=tmp_path, progress=False)
+        fit(model, synthetic, THREE_EPOCHS, device="cpu", out_dir=tmp_path)
     assert any("running_mean" in name for name in T.nonfinite_tensors(model))  # poisoned
     saved, meta = T.load_checkpoint(tmp_path / "checkpoint.pt")
     assert meta["epoch"] == 1 and T.nonfinite_tensors(saved) == []
@@ -578,7 +567,7 @@ def test_weights_are_checked_before_every_save(synthetic, tmp_path, monkeypatch)
     monkeypatch.setattr(T, "_check_finite_loss", lambda *args: None)  # only the second guard
     _poison_batch(monkeypatch, batch=6)
     with pytest.raises(TrainingError, match=r"diverged in epoch 2: the weights hold NaN or inf"):
-        _train(synthetic, THREE_EPOCHS, out_dir=tmp_path, progress=False)
+        train_on_cpu(synthetic, THREE_EPOCHS, out_dir=tmp_path)
     assert T.read_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
 
 

@@ -5,26 +5,15 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import train_on_cpu
 
 import inception.train as T
-from inception.data import load_cifar
 from inception.runtime import choose_precision
 from inception.train import TrainConfig, fit, get_preset, load_checkpoint, lr_at
 
 # A run small enough to repeat several times in a test: 4 steps of 16 images per epoch.
 TINY = TrainConfig(epochs=3, batch_size=16, lr=0.05, train_limit=64, eval_limit=32,
                    width=0.125)
-
-
-@pytest.fixture(scope="module")
-def synthetic():
-    return load_cifar(source="synthetic", train_limit=256, eval_limit=64)
-
-
-def _train(data, config, **kwargs):
-    torch.manual_seed(config.seed)
-    model = config.build_model(len(data.classes))
-    return fit(model, data, config, device="cpu", progress=False, **kwargs)
 
 
 def _same_weights(a, b) -> bool:
@@ -37,7 +26,7 @@ def test_overfits_a_small_fixed_batch(synthetic):
                          optimizer="adamw", weight_decay=0.0, label_smoothing=0.0,
                          crop_padding=0, flip=False, warmup=0.0, schedule="cosine",
                          aux_weight=0.0, width=0.125)
-    result = _train(synthetic, config)
+    result = train_on_cpu(synthetic, config)
     model = result.model.eval()
     with torch.no_grad():
         x = synthetic.train_images[:32]
@@ -50,22 +39,22 @@ def test_overfits_a_small_fixed_batch(synthetic):
 def test_quick_preset_learns_real_cifar10(real_cifar10):
     config = replace(get_preset("quick"), width=0.125, train_limit=1536, eval_limit=1000,
                      epochs=2, batch_size=32, lr=0.1)
-    result = _train(real_cifar10, config)
+    result = train_on_cpu(real_cifar10, config)
     # Chance is 10%; under a hundred steps on real images must already be well clear of it.
     assert result.history.val_acc.iloc[-1] > 0.25, result.history
 
 
 def test_same_seed_gives_identical_weights(synthetic):
-    a, b = _train(synthetic, TINY), _train(synthetic, TINY)
+    a, b = train_on_cpu(synthetic, TINY), train_on_cpu(synthetic, TINY)
     assert _same_weights(a.model, b.model)
     assert a.history.train_loss.tolist() == b.history.train_loss.tolist()
-    c = _train(synthetic, replace(TINY, seed=1))
+    c = train_on_cpu(synthetic, replace(TINY, seed=1))
     assert not _same_weights(a.model, c.model)
 
 
 def test_resume_matches_uninterrupted_run(synthetic, tmp_path, monkeypatch):
     config = replace(TINY, ema_decay=0.9)  # EMA state must survive the interruption too
-    straight = _train(synthetic, config, out_dir=tmp_path / "straight")
+    straight = train_on_cpu(synthetic, config, out_dir=tmp_path / "straight")
 
     real_save = T.save_checkpoint
 
@@ -76,9 +65,9 @@ def test_resume_matches_uninterrupted_run(synthetic, tmp_path, monkeypatch):
 
     monkeypatch.setattr(T, "save_checkpoint", crash_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        _train(synthetic, config, out_dir=tmp_path / "resumed")
+        train_on_cpu(synthetic, config, out_dir=tmp_path / "resumed")
     monkeypatch.setattr(T, "save_checkpoint", real_save)
-    resumed = _train(synthetic, config, out_dir=tmp_path / "resumed",
+    resumed = train_on_cpu(synthetic, config, out_dir=tmp_path / "resumed",
                      resume=tmp_path / "resumed" / "checkpoint.pt")
 
     assert _same_weights(straight.model, resumed.model)
@@ -87,7 +76,7 @@ def test_resume_matches_uninterrupted_run(synthetic, tmp_path, monkeypatch):
 
 
 def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(synthetic, tmp_path):
-    result = _train(synthetic, TINY, out_dir=tmp_path)
+    result = train_on_cpu(synthetic, TINY, out_dir=tmp_path)
     payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert payload["epoch"] == 3 and payload["data"]["source"] == "synthetic"
     model, meta = load_checkpoint(tmp_path / "checkpoint.pt")
@@ -101,9 +90,9 @@ def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(synthetic, tm
 
 
 def test_a_fresh_run_keeps_the_earlier_checkpoint(synthetic, tmp_path):
-    _train(synthetic, replace(TINY, epochs=1), out_dir=tmp_path)
+    train_on_cpu(synthetic, replace(TINY, epochs=1), out_dir=tmp_path)
     first = (tmp_path / "checkpoint.pt").read_bytes()
-    _train(synthetic, replace(TINY, epochs=1, seed=5), out_dir=tmp_path)
+    train_on_cpu(synthetic, replace(TINY, epochs=1, seed=5), out_dir=tmp_path)
     kept = list(tmp_path.glob("checkpoint-*.pt"))
     assert len(kept) == 1 and kept[0].read_bytes() == first
     assert (tmp_path / "checkpoint.pt").read_bytes() != first
@@ -111,7 +100,7 @@ def test_a_fresh_run_keeps_the_earlier_checkpoint(synthetic, tmp_path):
 
 @pytest.mark.parametrize("change", [dict(width=0.25), dict(num_classes=100)])
 def test_resume_into_a_different_model_is_a_clear_error(synthetic, tmp_path, change):
-    _train(synthetic, replace(TINY, epochs=1), out_dir=tmp_path)
+    train_on_cpu(synthetic, replace(TINY, epochs=1), out_dir=tmp_path)
     other = T.build_model("googlenet_cifar_small", **{"width": 0.125, **change})
     with pytest.raises(ValueError, match="checkpoint is for googlenet_cifar_small.*but the model"):
         fit(other, synthetic, TINY, device="cpu", progress=False,
@@ -127,9 +116,9 @@ def test_a_checkpoint_from_before_transform_input_still_fits_its_model(tmp_path)
 
 
 def test_resume_with_a_different_recipe_is_refused(synthetic, tmp_path):
-    _train(synthetic, replace(TINY, epochs=1), out_dir=tmp_path)
+    train_on_cpu(synthetic, replace(TINY, epochs=1), out_dir=tmp_path)
     with pytest.raises(ValueError, match="config differs.*lr"):
-        _train(synthetic, replace(TINY, lr=0.5), resume=tmp_path / "checkpoint.pt")
+        train_on_cpu(synthetic, replace(TINY, lr=0.5), resume=tmp_path / "checkpoint.pt")
 
 
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -173,7 +162,7 @@ def test_budget_ends_the_run_at_a_low_learning_rate(synthetic, monkeypatch):
 
     monkeypatch.setattr(T, "time", FakeClock)
     config = replace(TINY, epochs=1000, budget_min=0.05, eval_limit=0)  # a 3-second budget
-    result = _train(synthetic, config)
+    result = train_on_cpu(synthetic, config)
     assert result.stopped_by == "budget"
     assert 3.0 <= result.train_seconds < 3.2
     assert result.history.lr.iloc[-1] < 0.05 * config.lr  # laid over the budget: ends low
@@ -181,7 +170,7 @@ def test_budget_ends_the_run_at_a_low_learning_rate(synthetic, monkeypatch):
 
 
 def test_max_steps_caps_the_run(synthetic):
-    result = _train(synthetic, replace(TINY, max_steps=5))
+    result = train_on_cpu(synthetic, replace(TINY, max_steps=5))
     assert result.stopped_by == "max_steps" and len(result.history) == 2
 
 
@@ -233,10 +222,10 @@ def test_gpu_recipe_runs_through_the_fp16_grad_scaler_path(synthetic, tmp_path, 
     monkeypatch.setattr(T, "choose_precision", lambda device, requested: "fp16")
     config = replace(get_preset("gpu"), width=0.125, batch_size=16, epochs=2, train_limit=64,
                      eval_limit=32)
-    first = _train(synthetic, replace(config, epochs=1), out_dir=tmp_path)
+    first = train_on_cpu(synthetic, replace(config, epochs=1), out_dir=tmp_path)
     assert first.precision == "fp16"
     scaler = T.read_checkpoint(tmp_path / "checkpoint.pt")["scaler"]
     assert scaler["scale"] > 0  # an enabled scaler saved its state (a disabled one saves {})
-    resumed = _train(synthetic, config, out_dir=tmp_path, resume=tmp_path / "checkpoint.pt")
+    resumed = train_on_cpu(synthetic, config, out_dir=tmp_path, resume=tmp_path / "checkpoint.pt")
     assert len(resumed.history) == 2
     assert all(torch.isfinite(p).all() for p in resumed.model.parameters())

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import train_on_cpu
 
 import inception.train as T
 import inception.transfer as X
@@ -36,12 +37,6 @@ def packaged():
     return get_weights("googlenet_cifar_small", "cifar10").state_dict()
 
 
-def _train(data, config, **kwargs):
-    torch.manual_seed(config.seed)
-    model = config.build_model(len(data.classes))
-    return fit(model, data, config, device="cpu", progress=False, **kwargs)
-
-
 def _changed(state: dict, start: dict) -> set[str]:
     return {k for k in start if not torch.equal(state[k], start[k])}
 
@@ -61,7 +56,7 @@ def test_cifar10_weights_start_a_three_class_model_with_a_new_fc(packaged):
 
 def test_linear_probe_changes_fc_only_and_keeps_batchnorm_statistics(three_classes, packaged):
     config = replace(TINY, freeze="features", max_steps=3, epochs=2)
-    result = _train(three_classes, config)
+    result = train_on_cpu(three_classes, config)
     state = result.model.state_dict()
     assert result.model.aux1 is None  # no aux heads on a frozen trunk
     trunk = {k: v for k, v in packaged.items() if not k.startswith("fc.")}
@@ -74,7 +69,7 @@ def test_linear_probe_changes_fc_only_and_keeps_batchnorm_statistics(three_class
 
 def test_freezing_up_to_inception4e_trains_only_the_layers_after_it(three_classes, packaged):
     config = replace(TINY, freeze="inception4e", max_steps=3, epochs=2)
-    state = _train(three_classes, config).model.state_dict()
+    state = train_on_cpu(three_classes, config).model.state_dict()
     trunk = {k for k in packaged if not k.startswith("fc.")}
     before = {k for k in trunk if k.split(".")[0] in X.frozen_modules("inception4e")}
     after = trunk - before
@@ -95,7 +90,7 @@ def test_pretrained_layers_train_at_the_scaled_learning_rate(three_classes, monk
         return out
 
     monkeypatch.setattr(T, "_train_step", record)
-    _train(three_classes, replace(TINY, pretrained_lr_scale=0.1, max_steps=1))
+    train_on_cpu(three_classes, replace(TINY, pretrained_lr_scale=0.1, max_steps=1))
     groups = seen[0]
     trunk = [lr for lr, scale, _ in groups if scale == 0.1]
     heads = [lr for lr, scale, _ in groups if scale == 1.0]
@@ -108,7 +103,7 @@ def test_pretrained_layers_train_at_the_scaled_learning_rate(three_classes, monk
 def test_a_checkpoint_path_starts_a_run_like_named_weights(three_classes, tmp_path):
     data = load_cifar(source="synthetic", train_limit=16, eval_limit=8)
     earlier = TrainConfig(epochs=1, batch_size=8, train_limit=16, eval_limit=0, width=0.125)
-    _train(data, earlier, out_dir=tmp_path)
+    train_on_cpu(data, earlier, out_dir=tmp_path)
     saved, _ = load_checkpoint(tmp_path / "checkpoint.pt")
     config = TrainConfig(init_from=str(tmp_path / "checkpoint.pt"), width=0.125)
     model = config.build_model(3)
@@ -127,14 +122,14 @@ def test_a_transfer_run_normalises_with_the_pretrained_statistics(three_classes,
     normalised as its pretrained weights saw them, and record that for evaluate and predict."""
     packaged = get_weights("googlenet_cifar_small", "cifar10").meta
     assert tuple(three_classes.mean) != tuple(packaged["mean"])  # the test would prove nothing
-    result = _train(three_classes, replace(TINY, freeze="features"), out_dir=tmp_path)
+    result = train_on_cpu(three_classes, replace(TINY, freeze="features"), out_dir=tmp_path)
     _, meta = load_checkpoint(tmp_path / "checkpoint.pt")
     assert meta["data"]["mean"] == pytest.approx(packaged["mean"])
     assert meta["data"]["std"] == pytest.approx(packaged["std"])
     # and the result says so, for evaluating the model in the same process
     assert result.mean == pytest.approx(packaged["mean"]) and result.std == pytest.approx(
         packaged["std"])
-    scratch = _train(three_classes, replace(TINY, init_from=None))
+    scratch = train_on_cpu(three_classes, replace(TINY, init_from=None))
     assert (scratch.mean, scratch.std) == (tuple(three_classes.mean), tuple(three_classes.std))
 
 
@@ -167,7 +162,7 @@ def test_imagenet_googlenet_fine_tunes_on_upscaled_cifar_as_notebook_07_does(cac
                    test_images=upscaled(three_classes.test_images))
     config = replace(TINY, init_from="imagenet", model="googlenet", pretrained_lr_scale=0.1,
                      eval_limit=None)
-    result = _train(data, config)
+    result = train_on_cpu(data, config)
     imagenet = get_weights("googlenet", "imagenet").meta
     assert (list(result.mean), list(result.std)) == (imagenet["mean"], imagenet["std"])
     assert result.history.val_acc.notna().all() and result.model.fc.out_features == 3
@@ -213,7 +208,7 @@ def test_a_model_of_another_shape_is_refused_by_fit(three_classes):
 def test_resumed_transfer_run_continues_from_its_checkpoint(three_classes, tmp_path,
                                                             monkeypatch):
     config = replace(TINY, epochs=2, freeze="inception3b", pretrained_lr_scale=0.5)
-    straight = _train(three_classes, config, out_dir=tmp_path / "straight")
+    straight = train_on_cpu(three_classes, config, out_dir=tmp_path / "straight")
 
     real_save = T.save_checkpoint
 
@@ -223,7 +218,7 @@ def test_resumed_transfer_run_continues_from_its_checkpoint(three_classes, tmp_p
 
     monkeypatch.setattr(T, "save_checkpoint", crash_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        _train(three_classes, config, out_dir=tmp_path / "resumed")
+        train_on_cpu(three_classes, config, out_dir=tmp_path / "resumed")
     monkeypatch.setattr(T, "save_checkpoint", real_save)
 
     def no_reload(self):
@@ -231,7 +226,7 @@ def test_resumed_transfer_run_continues_from_its_checkpoint(three_classes, tmp_p
 
     monkeypatch.setattr(X.Pretrained, "state_dict", no_reload)
     checkpoint = tmp_path / "resumed" / "checkpoint.pt"
-    resumed = _train(three_classes, config, out_dir=tmp_path / "resumed", resume=checkpoint)
+    resumed = train_on_cpu(three_classes, config, out_dir=tmp_path / "resumed", resume=checkpoint)
     assert resumed.history.epoch.tolist() == [1, 2]
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
