@@ -6,6 +6,7 @@ image is committed.
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -167,6 +168,30 @@ def test_a_changed_file_or_size_makes_a_new_cache(tmp_path, monkeypatch):
     assert not old.exists()  # the stale cache of this size was deleted
     load_folder(tmp_path, image_size=16, val_fraction=0, test_fraction=0)
     assert len(list((tmp_path / folder.CACHE_DIR).glob("*.pt"))) == 2  # one per size
+
+
+def _bmp(path: Path, colour: tuple[int, int, int]) -> Path:
+    """A solid 24x30 BMP: uncompressed, so every colour gives a file of the same byte size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_solid(colour).permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the key holds st_ctime only on POSIX")
+def test_an_edit_that_keeps_the_size_and_the_mtime_makes_a_new_cache(tmp_path):
+    """Some tools rewrite a file and put its mtime back (touch -d, a restored backup, rsync
+    --times); with the same byte size only the ctime shows the edit."""
+    edited = _bmp(tmp_path / "train" / "ant" / "0.bmp", (255, 0, 0))
+    _bmp(tmp_path / "train" / "bee" / "0.bmp", (100, 255, 100))
+    load_folder(tmp_path, image_size=8, val_fraction=0, test_fraction=0)
+    before = edited.stat()
+    _bmp(edited, (0, 0, 255))
+    os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = edited.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    data = load_folder(tmp_path, image_size=8, val_fraction=0, test_fraction=0)
+    assert data.classes == ["ant", "bee"] and data.train_labels.tolist() == [0, 1]
+    assert data.train_images[0, :, 4, 4].tolist() == [0, 0, 255]  # the new pixels, not red
 
 
 def test_a_damaged_cache_is_rebuilt_with_a_warning(tmp_path):

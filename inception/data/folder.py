@@ -6,9 +6,15 @@ evaluation need nothing new; it knows nothing about batches, models or training 
 
 Layout: ROOT/train/<class>/<image> and, optionally, ROOT/val/<class>/... and
 ROOT/test/<class>/...; a missing val/ or test/ is held out of train/ by `split_indices`.
-Cache: ROOT/.inception-cache/<size>px-<key>.pt, where the key hashes every file's path, size
-and modification time with the image size, so any change to the folder makes a new one (the
-stale file of the same size is then deleted). Delete the folder to free the space.
+Cache: ROOT/.inception-cache/<size>px-<key>.pt, where the key hashes every file's path, size,
+modification time and (on POSIX) status-change time with the image size, so any change to the
+folder makes a new one (the stale file of the same size is then deleted). Delete the folder to
+free the space. The ctime is there because a tool may rewrite a file and set its mtime back
+(touch -d, rsync --times, a restored backup): with the same size, only the ctime, which every
+write moves and no user can set, tells. What the key still misses: such an edit on Windows,
+where st_ctime is the creation time; one in the same clock tick (a few ms) as the file's
+previous change; and one hidden by setting the system clock back. It also sees changes that
+leave the pixels alone (chmod, a copy of the folder), which cost one decode, no wrong data.
 """
 
 from __future__ import annotations
@@ -104,13 +110,15 @@ class _Listing:
     not_images: list[Path]  # files without an image extension (named in the warning)
 
     def key(self, image_size: int) -> str:
-        """A hash of every file's path, size and modification time, and of the image size."""
+        """A hash of every file's path, size, mtime and ctime (on POSIX; see the module
+        docstring), and of the image size."""
         rows = [[_CACHE_VERSION, image_size, self.classes]]
         for split, entries in sorted(self.files.items()):
             for path, label in entries:
                 stat = path.stat()
                 rows.append([split, path.relative_to(self.root).as_posix(), label,
-                             stat.st_size, stat.st_mtime_ns])
+                             stat.st_size, stat.st_mtime_ns,
+                             stat.st_ctime_ns if os.name == "posix" else None])
         return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
     def count(self) -> int:
