@@ -341,6 +341,8 @@ def load_for_study(checkpoint: str | Path, study: str = "auto"):
     if study == "reference" or (study == "auto" and not checkpoint.is_file()):
         model, meta = load_reference()
         why = "" if study == "reference" else f" (no checkpoint from notebook 04 at {checkpoint})"
+        # The scores are only in the JSON record, not in `meta` (the .pt's own): they are
+        # measured on the exported file, and the record holds that file's sha256.
         acc = get_weights(model.name, "cifar10").meta["test_accuracy_tta"]
         return model, meta, (f"Studying the packaged reference weights of {model.name}{why}: "
                              f"{acc:.2%} test accuracy with flip TTA.")
