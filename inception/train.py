@@ -802,11 +802,12 @@ def _train_epoch(run: _Run, forward: nn.Module, plan: _Plan,
     keep_frozen_in_eval(run.model, plan.frozen)  # frozen BatchNorm statistics must not drift
     sums = torch.zeros(3, device=plan.device)  # loss * n, correct, n: summed on the device
     epoch_start_step, t0 = run.step, time.perf_counter()
+    elapsed = run.train_seconds  # every rank's (agreed at the end of each epoch, or resumed)
     stopped_by = "epochs"
     bar = tqdm(run.train_loader, desc=f"epoch {run.epoch + 1}", leave=False,
                disable=not plan.live_bar, file=sys.stdout, mininterval=2.0, dynamic_ncols=True)
     for x, y in bar:
-        lr = _learning_rate(run, plan, t0)
+        lr = _learning_rate(run, plan, elapsed)
         loss, logits = _train_step(run, forward, x, y, lr, plan)
         with torch.no_grad():
             sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
@@ -831,13 +832,14 @@ def _train_epoch(run: _Run, forward: nn.Module, plan: _Plan,
     return totals, lr, seconds, stopped_by
 
 
-def _learning_rate(run: _Run, plan: _Plan, t0: float) -> float:
+def _learning_rate(run: _Run, plan: _Plan, elapsed: float) -> float:
     """The next step's learning rate, from how much of the run is done: by steps, or by the
-    clock when there is a budget (the ranks agree on one clock, so on one learning rate)."""
+    clock when there is a budget. `elapsed` is the training clock the ranks agreed on after the
+    previous step (at an epoch's start, the epoch's starting time), so every rank takes the same
+    learning rate without a second all-reduce per step; it lags a fresh reading by the time to
+    fetch the batch, a small part of one step."""
     fraction = run.step / plan.total_steps
     if plan.budget_s is not None:
-        elapsed, _ = distributed.agree(plan.world,
-                                       run.train_seconds + time.perf_counter() - t0, False)
         fraction = max(fraction, elapsed / plan.budget_s)
     return lr_at(fraction, plan.config) * plan.lr_scale
 

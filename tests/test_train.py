@@ -152,14 +152,18 @@ def test_unreadable_checkpoints_give_clear_errors(tmp_path):
 
 
 def test_budget_ends_the_run_at_a_low_learning_rate(synthetic, monkeypatch):
-    class FakeClock:  # every reading advances 50 ms, so the test does not depend on CPU speed
-        now = 0.0
+    steps, real_loss = [0], T.loss_fn
 
-        @classmethod
-        def perf_counter(cls) -> float:
-            cls.now += 0.05
-            return cls.now
+    def counted_loss(*args):
+        steps[0] += 1
+        return real_loss(*args)
 
+    class FakeClock:  # every step takes 100 ms, however fast the CPU and however often it is read
+        @staticmethod
+        def perf_counter() -> float:
+            return 0.1 * steps[0]
+
+    monkeypatch.setattr(T, "loss_fn", counted_loss)
     monkeypatch.setattr(T, "time", FakeClock)
     config = replace(TINY, epochs=1000, budget_min=0.05, eval_limit=0)  # a 3-second budget
     result = train_on_cpu(synthetic, config)
