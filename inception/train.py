@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -598,6 +599,9 @@ def fit(model: GoogLeNet, data: ImageData, config: TrainConfig, *,
         if out_dir is not None:
             prepare_out_dir(out_dir)
         precision = choose_precision(device, config.precision)
+        saved = _read_for_resume(resume, device) if resume is not None else None
+        if saved is not None and config.precision == "auto":
+            precision = _precision_to_resume(saved["precision"], precision, device, resume)
         seed_everything(config.seed)
         frozen, transfer, data = _start_transfer(model, data, config, resume)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -607,8 +611,8 @@ def fit(model: GoogLeNet, data: ImageData, config: TrainConfig, *,
                    torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
                    ModelEMA(model, config.ema_decay) if config.ema_decay else None,
                    train_loader)
-        if resume is not None:
-            _restore(run, resume, config, device, world)
+        if saved is not None:
+            _restore(run, saved, config, world)
         distributed.reseed_rank(world, config.seed, run.step)
         num_classes = getattr(model, "arch", {}).get("num_classes")
         if num_classes is not None:  # after a resume's checks, which name the checkpoint's model
@@ -709,16 +713,41 @@ def _build_loaders(data: ImageData, config: TrainConfig, device: torch.device,
     return train_loader, val_loader
 
 
-def _restore(run: _Run, path: str | Path, config: TrainConfig, device: torch.device,
-             world: distributed.World) -> None:
-    """Load a checkpoint into `run`, after checking it is this model's and this config's."""
+def _read_for_resume(path: str | Path, device: torch.device) -> dict:
+    """The checkpoint a resume continues from, checked to hold everything a resume needs."""
     payload = read_checkpoint(path, map_location=device)
     _require_keys(path, payload, _RESUME_KEYS, "resume training")
+    return payload
+
+
+def _precision_to_resume(saved: str, chosen: str, device: torch.device,
+                         path: str | Path) -> str:
+    """The precision a resumed run with precision="auto" continues in: its checkpoint's.
+
+    "auto" resolves per machine, and a checkpoint may move: one from a CPU without native bf16,
+    resumed on a CPU with it, continues in fp32, as the uninterrupted run would have. A precision
+    this device runs only emulated or not at all (bf16 on a CPU without AVX-512 BF16 or AMX, or
+    on a GPU before Ampere: several times slower; fp16 off CUDA) gives way to `chosen`, with a
+    warning, since the rest of the run then computes differently.
+    """
+    if saved == chosen:
+        return chosen
+    if saved == "fp32" or (saved == "fp16" and device.type == "cuda"):
+        return saved
+    warnings.warn(f"{path} trained in {saved}, which this {device.type} does not run natively: "
+                  f"the rest of the run trains in {chosen}, so its result will differ slightly "
+                  "from an uninterrupted run's", stacklevel=3)
+    return chosen
+
+
+def _restore(run: _Run, payload: dict, config: TrainConfig, world: distributed.World) -> None:
+    """Load a checkpoint into `run`, after checking it is this model's and this config's."""
     check_compatible(run.model, payload)
     _check_same_run(payload["config"], config)
     run.model.load_state_dict(payload["model"])
     run.optimizer.load_state_dict(payload["optimizer"])
-    run.scaler.load_state_dict(payload["scaler"])
+    if payload["scaler"]:  # empty when it was off: a run moved to fp16 starts a fresh scale
+        run.scaler.load_state_dict(payload["scaler"])
     if run.ema is not None and payload["ema"] is not None:
         run.ema.module.load_state_dict(payload["ema"])
         run.ema.updates = payload["ema_updates"]

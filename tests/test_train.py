@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import train_on_cpu
 
+import inception.runtime
 import inception.train as T
 from inception.runtime import choose_precision
 from inception.train import TrainConfig, fit, get_preset, load_checkpoint, lr_at
@@ -52,23 +53,28 @@ def test_same_seed_gives_identical_weights(synthetic):
     assert not _same_weights(a.model, c.model)
 
 
+def _train_until_stopped_after_epoch(epoch: int, data, config, out_dir, monkeypatch) -> None:
+    """Train as if the user pressed Stop right after `epoch`'s checkpoint was written."""
+    real_save = T.save_checkpoint
+
+    def stop_after(path, payload):
+        real_save(path, payload)
+        if payload["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "save_checkpoint", stop_after)
+    with pytest.raises(KeyboardInterrupt):
+        train_on_cpu(data, config, out_dir=out_dir)
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
+
+
 def test_resume_matches_uninterrupted_run(synthetic, tmp_path, monkeypatch):
     config = replace(TINY, ema_decay=0.9)  # EMA state must survive the interruption too
     straight = train_on_cpu(synthetic, config, out_dir=tmp_path / "straight")
 
-    real_save = T.save_checkpoint
-
-    def crash_after_epoch_2(path, payload):
-        real_save(path, payload)
-        if payload["epoch"] == 2:
-            raise KeyboardInterrupt  # the user pressed Stop right after epoch 2's checkpoint
-
-    monkeypatch.setattr(T, "save_checkpoint", crash_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train_on_cpu(synthetic, config, out_dir=tmp_path / "resumed")
-    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    _train_until_stopped_after_epoch(2, synthetic, config, tmp_path / "resumed", monkeypatch)
     resumed = train_on_cpu(synthetic, config, out_dir=tmp_path / "resumed",
-                     resume=tmp_path / "resumed" / "checkpoint.pt")
+                           resume=tmp_path / "resumed" / "checkpoint.pt")
 
     assert _same_weights(straight.model, resumed.model)
     assert len(resumed.history) == 3
@@ -96,6 +102,38 @@ def test_a_fresh_run_keeps_the_earlier_checkpoint(synthetic, tmp_path):
     kept = list(tmp_path.glob("checkpoint-*.pt"))
     assert len(kept) == 1 and kept[0].read_bytes() == first
     assert (tmp_path / "checkpoint.pt").read_bytes() != first
+
+
+def _native_bf16(monkeypatch, native: bool) -> None:
+    """Make precision="auto" see a CPU with (or without) native bf16: what a checkpoint meets when
+    it moves between machines."""
+    monkeypatch.setattr(inception.runtime, "cpu_has_native_bf16", lambda: native)
+
+
+def test_a_resume_on_a_bf16_machine_keeps_training_in_fp32_as_it_began(synthetic, tmp_path,
+                                                                       monkeypatch):
+    _native_bf16(monkeypatch, False)
+    straight = train_on_cpu(synthetic, TINY)
+    _train_until_stopped_after_epoch(2, synthetic, TINY, tmp_path, monkeypatch)
+    _native_bf16(monkeypatch, True)  # "auto" would now pick bf16 for a new run
+    assert choose_precision("cpu") == "bf16"
+    resumed = train_on_cpu(synthetic, TINY, out_dir=tmp_path, resume=tmp_path / "checkpoint.pt")
+    assert resumed.precision == "fp32"
+    assert _same_weights(straight.model, resumed.model)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")[1]["precision"] == "fp32"
+
+
+def test_a_bf16_checkpoint_resumed_without_native_bf16_goes_on_in_fp32_and_says_so(
+        synthetic, tmp_path, monkeypatch):
+    _native_bf16(monkeypatch, True)
+    config = replace(TINY, epochs=1, width=0.125)
+    assert train_on_cpu(synthetic, config, out_dir=tmp_path).precision == "bf16"
+    _native_bf16(monkeypatch, False)  # emulated bf16 would be several times slower than fp32
+    with pytest.warns(UserWarning, match=r"trained in bf16, .* trains in fp32, so its result "
+                                          "will differ"):
+        resumed = train_on_cpu(synthetic, replace(config, epochs=2), out_dir=tmp_path,
+                               resume=tmp_path / "checkpoint.pt")
+    assert resumed.precision == "fp32" and len(resumed.history) == 2
 
 
 @pytest.mark.parametrize("change", [dict(width=0.25), dict(num_classes=100)])
