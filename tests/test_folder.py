@@ -7,6 +7,7 @@ image is committed.
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -104,6 +105,16 @@ def test_grey_rgba_and_palette_images_become_rgb(tmp_path):
     assert read_image(grey, 8)[:, 4, 4].tolist() == [77, 77, 77]
     assert read_image(rgba, 8)[:, 4, 4].tolist() == [10, 20, 30]  # alpha dropped, not blended
     assert read_image(palette, 8)[:, 4, 4].tolist() == [200, 10, 60]
+
+
+def test_reading_an_image_warns_about_nothing(tmp_path):
+    # The package silences torchvision's per-call deprecation of its decoders by the warning's
+    # text. Should torchvision reword it, every image of a folder would warn again: this fails.
+    path = _png(tmp_path / "a.png", _solid((1, 2, 3)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_image(path, 8)
+    assert [str(w.message) for w in caught] == []
 
 
 def test_missing_splits_are_held_out_of_train_by_the_cifar_rule(tmp_path):
