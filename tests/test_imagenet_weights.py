@@ -15,6 +15,7 @@ from conftest import cache_file, expect_prefix
 from torchvision.models import GoogLeNet_Weights
 
 import inception.weights as W
+from inception.data.folder import _TORCHVISION_IO_DEPRECATED
 from inception.errors import InceptionError, WeightsError, WeightsNotFoundError
 from inception.model import IMAGENET_MEAN, IMAGENET_STD, GoogLeNetOutputs, build_model, list_models
 from inception.predict import load_weights, predict_images
@@ -82,6 +83,9 @@ def test_models_list_the_imagenet_weights_with_torchvisions_parameter_count(tmp_
     assert not any(tmp_path.iterdir())  # nothing downloaded
 
 
+# write_png, which writes the test's photo, warns that torchvision 0.29 deprecates it (the
+# package's own reader is checked to warn about nothing in test_folder).
+@pytest.mark.filterwarnings(f"ignore:{_TORCHVISION_IO_DEPRECATED}:DeprecationWarning")
 def test_predict_with_imagenet_weights_matches_torchvision_on_its_own_preprocessing(cached,
                                                                                     tmp_path):
     """`predict --weights imagenet` reads a file as torchvision's pipeline does (shorter side to
