@@ -35,6 +35,7 @@ from inception.runtime import (
     choose_precision,
     eval_batch_size,
     resolve_device,
+    runs_natively,
     seed_everything,
 )
 from inception.transfer import (
@@ -726,13 +727,11 @@ def _precision_to_resume(saved: str, chosen: str, device: torch.device,
 
     "auto" resolves per machine, and a checkpoint may move: one from a CPU without native bf16,
     resumed on a CPU with it, continues in fp32, as the uninterrupted run would have. A precision
-    this device runs only emulated or not at all (bf16 on a CPU without AVX-512 BF16 or AMX, or
-    on a GPU before Ampere: several times slower; fp16 off CUDA) gives way to `chosen`, with a
-    warning, since the rest of the run then computes differently.
+    this device does not run natively (`runtime.runs_natively`: bf16 on a CPU without AVX-512
+    BF16 or AMX or on a GPU before Ampere, several times slower; fp16 off CUDA) gives way to
+    `chosen`, with a warning, since the rest of the run then computes differently.
     """
-    if saved == chosen:
-        return chosen
-    if saved == "fp32" or (saved == "fp16" and device.type == "cuda"):
+    if saved == chosen or runs_natively(saved, device):
         return saved
     warnings.warn(f"{path} trained in {saved}, which this {device.type} does not run natively: "
                   f"the rest of the run trains in {chosen}, so its result will differ slightly "

@@ -9,7 +9,7 @@ from conftest import train_on_cpu
 
 import inception.runtime
 import inception.train as T
-from inception.runtime import choose_precision
+from inception.runtime import choose_precision, runs_natively
 from inception.train import TrainConfig, fit, get_preset, load_checkpoint, lr_at
 
 # A run small enough to repeat several times in a test: 4 steps of 16 images per epoch.
@@ -244,6 +244,22 @@ def test_precision_choice_per_device():
     assert choose_precision("cpu", "bf16") == "bf16"
     with pytest.raises(ValueError, match="fp16 autocast is for CUDA"):
         choose_precision("cpu", "fp16")
+
+
+def test_which_precisions_run_natively_where():
+    """The hardware table that both "auto" and a resume's precision read (see choose_precision)."""
+    native = {(precision, where): runs_natively(precision, device, **probe)
+              for precision in ("bf16", "fp16", "fp32")
+              for where, (device, probe) in {
+                  "T4": ("cuda", {"cuda_capability": (7, 5)}),
+                  "A100": ("cuda", {"cuda_capability": (8, 0)}),
+                  "AMX CPU": ("cpu", {"cpu_bf16": True}),
+                  "AVX2 CPU": ("cpu", {"cpu_bf16": False})}.items()}
+    assert {key for key, yes in native.items() if not yes} == {
+        ("bf16", "T4"), ("bf16", "AVX2 CPU"), ("fp16", "AMX CPU"), ("fp16", "AVX2 CPU")}
+    assert not runs_natively("bf16", "mps") and runs_natively("fp32", "mps")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        runs_natively("auto", "cpu")
 
 
 def test_presets_and_config_validation():
