@@ -303,7 +303,9 @@ def load_reference(model: str = "googlenet_cifar_small", name: str = "cifar10"):
     """Pretrained weights as `load_checkpoint` returns a checkpoint: (model in eval mode, metadata).
 
     For packaged weights the metadata (config, history, data description) is the training run's,
-    so code written for a checkpoint from notebook 04 works unchanged on the reference weights.
+    so code written for a checkpoint from notebook 04 works unchanged on the reference weights;
+    under "record" it also holds their provenance record (the JSON beside the file), whose
+    accuracies were measured on the exported file and so cannot be stored inside it.
     torchvision's weights have no run to describe; their metadata holds the arch and the data
     description (classes, mean, std, image_size, resize) that `predict_images` reads.
     """
@@ -313,7 +315,8 @@ def load_reference(model: str = "googlenet_cifar_small", name: str = "cifar10"):
     if isinstance(weights, TorchvisionWeights):
         return _torchvision_reference(weights)
     verify(weights)
-    return load_checkpoint(weights.path, map_location="cpu")
+    model, meta = load_checkpoint(weights.path, map_location="cpu")
+    return model, {**meta, "record": weights.meta}
 
 
 def _torchvision_reference(weights: TorchvisionWeights):
@@ -341,9 +344,7 @@ def load_for_study(checkpoint: str | Path, study: str = "auto"):
     if study == "reference" or (study == "auto" and not checkpoint.is_file()):
         model, meta = load_reference()
         why = "" if study == "reference" else f" (no checkpoint from notebook 04 at {checkpoint})"
-        # The scores are only in the JSON record, not in `meta` (the .pt's own): they are
-        # measured on the exported file, and the record holds that file's sha256.
-        acc = get_weights(model.name, "cifar10").meta["test_accuracy_tta"]
+        acc = meta["record"]["test_accuracy_tta"]
         return model, meta, (f"Studying the packaged reference weights of {model.name}{why}: "
                              f"{acc:.2%} test accuracy with flip TTA.")
     path = checkpoint if study == "auto" else Path(study)

@@ -147,12 +147,15 @@ def test_load_for_study_prefers_a_checkpoint_and_never_trains(tmp_path):
     missing = tmp_path / "course" / "checkpoint.pt"
     model, meta, which = W.load_for_study(missing)
     assert "reference weights" in which and str(missing) in which
+    record = W.get_weights("googlenet_cifar_small", "cifar10").meta
+    assert meta["record"] == record and f"{record['test_accuracy_tta']:.2%}" in which
     assert not missing.parent.exists()
     data = load_cifar(source="synthetic", train_limit=64, eval_limit=32)
     config = TrainConfig(width=0.125, epochs=1, batch_size=32, max_steps=1, eval_limit=32)
     fit(config.build_model(10), data, config, out_dir=missing.parent, progress=False)
     model, meta, which = W.load_for_study(missing)
     assert which.startswith(f"Studying the checkpoint at {missing}") and meta["step"] == 1
+    assert "record" not in meta  # a run of one's own has no provenance record
     _, _, which = W.load_for_study(missing, "reference")
     assert "reference weights" in which and str(missing) not in which
 
