@@ -70,13 +70,12 @@ def main() -> None:
     parser.add_argument("--test", action="store_true", help="score the test split too")
     parser.add_argument("--data", default=None, help="CIFAR folder (default: data/)")
     args = parser.parse_args()
-    if args.checkpoint is None:
-        model = inception.build_model("googlenet_cifar_small", weights="cifar10")
-        meta = inception.get_weights("googlenet_cifar_small", "cifar10").meta
-        mean, std, what = meta["mean"], meta["std"], "packaged reference weights"
+    if args.checkpoint is None:  # the packaged weights are a checkpoint too: same metadata
+        (model, meta), what = inception.load_reference(), "packaged reference weights"
     else:
         model, meta = inception.load_checkpoint(args.checkpoint, map_location="cpu")
-        mean, std, what = meta["data"]["mean"], meta["data"]["std"], args.checkpoint
+        what = args.checkpoint
+    mean, std = meta["data"]["mean"], meta["data"]["std"]
     data = load_cifar("cifar10", args.data, download=False)
     net = fold_batchnorm(model).to(memory_format=torch.channels_last)
     print(f"{what} on {data.title}; {describe_machine()}")
