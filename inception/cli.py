@@ -462,7 +462,7 @@ def _export(args: argparse.Namespace) -> None:
         train_minutes=round(meta["train_seconds"] / 60, 1), precision=meta["precision"],
         device=meta["device"], torch=torch.__version__,
         file_bytes=out.stat().st_size, **extra))
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MB) and {record}")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) and {record}")
 
 
 def _resume_path(args: argparse.Namespace) -> Path | None:
