@@ -156,3 +156,26 @@ def test_committed_outputs_show_no_local_path_no_error_and_no_long_log(path):
             problems.append(f"cell {number}: {printed:,} bytes of printed text "
                             f"(limit {MAX_STREAM_BYTES:,})")
     assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+def _sections(path: Path) -> list[int]:
+    markdown = [_source(c) for c in _load(path)["cells"] if c["cell_type"] == "markdown"]
+    return [int(n) for text in markdown for n in re.findall(r"^## (\d+)\. ", text, flags=re.M)]
+
+
+# "section 4" in a notebook's text, or "notebook 01 (section 8)" / "notebook 04, section 3"
+SECTION_REF = re.compile(r"(?:\b[Nn]otebook (\d\d)(?: \(|, ))?\bsection (\d+)\b")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_sections_are_numbered_without_gaps_and_references_to_them_resolve(path):
+    # An edit that rewrites the end of a markdown cell can take the next section's heading with
+    # it (it happened twice); the text that says "section 4" then points at nothing.
+    numbers = _sections(path)
+    assert numbers == list(range(1, len(numbers) + 1)), f"{path.name}: sections {numbers}"
+    by_number = {p.name[:2]: p for p in NOTEBOOKS}
+    text = "\n".join(_source(c) for c in _load(path)["cells"] if c["cell_type"] == "markdown")
+    for notebook, section in SECTION_REF.findall(text):
+        target = by_number[notebook] if notebook else path
+        assert int(section) in _sections(target), (
+            f"{path.name} points at section {section} of {target.name}, which has none")
