@@ -17,6 +17,7 @@ import contextlib
 import io
 import math
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model from a preset",
                            description="Train a GoogLeNet from a preset. Prints the device, "
                            "precision, data source, model and parameter count, shows progress, "
-                           "and writes OUT/checkpoint.pt and OUT/history.csv every epoch. "
+                           "writes OUT/checkpoint.pt after every epoch (the history inside "
+                           "it) and OUT/history.csv when training ends. "
                            "torchrun --nproc_per_node=N -m inception train ... trains the "
                            "same way on N data-parallel ranks.")
     train.add_argument("--preset", default="auto", choices=["auto", *PRESETS],
@@ -439,30 +441,43 @@ def _preset_of(config: dict) -> str:
 
 
 def _export(args: argparse.Namespace) -> None:
+    """Export, measure and record in a staging folder; only a complete pair replaces the old.
+
+    Measuring takes minutes and needs the data: an interrupted or failed export must not leave
+    new weights beside an old record (whose sha256 would then refuse them), least of all in
+    inception/pretrained.
+    """
     from inception import evaluate
 
     extra = dict(item.split("=", 1) for item in args.set if "=" in item)
     if len(extra) != len(args.set):
         raise ConfigError(f"--set takes KEY=VALUE, got {args.set}")
-    out = export_weights(args.checkpoint, args.into, args.name)
-    model, meta = load_checkpoint(out, map_location="cpu")  # measure the file that ships
-    data = _data_of(meta["data"], args.data)
-    scores = {}
-    for key, split, tta in (("val_accuracy", "val", False), ("test_accuracy", "test", False),
-                            ("test_accuracy_tta", "test", True)):
-        scores[key] = evaluate.evaluate(model, data, split, tta=tta).accuracy
-        print(f"{key}: {scores[key]:.2%}")
-    config = meta["config"]
-    preset = _preset_of(config)
-    record = write_record(out, dict(
-        model=model.name, weights=args.name, arch=model.arch,
-        classes=list(data.classes), mean=list(data.mean), std=list(data.std), **scores,
-        data_source=args.data_source or data.title, preset=preset, config=config,
-        epochs=meta["epoch"], steps=meta["step"],
-        train_minutes=round(meta["train_seconds"] / 60, 1), precision=meta["precision"],
-        device=meta["device"], torch=torch.__version__,
-        file_bytes=out.stat().st_size, **extra))
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) and {record}")
+    staging = args.into / f".export-{args.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staged = export_weights(args.checkpoint, staging, args.name)
+        model, meta = load_checkpoint(staged, map_location="cpu")  # measure the file that ships
+        data = _data_of(meta["data"], args.data)
+        scores = {}
+        for key, split, tta in (("val_accuracy", "val", False), ("test_accuracy", "test", False),
+                                ("test_accuracy_tta", "test", True)):
+            scores[key] = evaluate.evaluate(model, data, split, tta=tta).accuracy
+            print(f"{key}: {scores[key]:.2%}")
+        config = meta["config"]
+        record = write_record(staged, dict(
+            model=model.name, weights=args.name, arch=model.arch,
+            classes=list(data.classes), mean=list(data.mean), std=list(data.std), **scores,
+            data_source=args.data_source or data.title, preset=_preset_of(config),
+            config=config, epochs=meta["epoch"], steps=meta["step"],
+            train_minutes=round(meta["train_seconds"] / 60, 1), precision=meta["precision"],
+            device=meta["device"], torch=torch.__version__,
+            file_bytes=staged.stat().st_size, **extra))
+        out = args.into / staged.name
+        os.replace(staged, out)
+        os.replace(record, out.with_suffix(".json"))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) and {out.with_suffix('.json')}")
 
 
 def _resume_path(args: argparse.Namespace) -> Path | None:
@@ -473,20 +488,25 @@ def _resume_path(args: argparse.Namespace) -> Path | None:
     return require_checkpoint_file(path)  # lists kept-aside checkpoints when it is missing
 
 
-def _interrupted(args: argparse.Namespace) -> str:
+def _interrupted(args: argparse.Namespace, started: float) -> str:
     """What Ctrl-C left behind, in the terms of the command that was running."""
     if args.command != "train":
         return (f"interrupted: {args.command} stopped before it finished; run it again to "
                 "finish")
     checkpoint = args.out / "checkpoint.pt"
     if checkpoint.is_file():
-        return (f"interrupted: the last completed epoch is saved in {checkpoint}; continue "
-                "with the same command plus --resume")
+        # Only a file this command wrote is its progress (a second's slack for coarse clocks):
+        # before its first epoch ends, checkpoint.pt is an earlier run's, as that run left it.
+        if checkpoint.stat().st_mtime >= started - 1:
+            return (f"interrupted: the last completed epoch is saved in {checkpoint}; continue "
+                    "with the same command plus --resume")
+        return (f"interrupted before this run finished an epoch: {checkpoint} is unchanged, "
+                "as the earlier run left it")
     message = "interrupted before the first epoch finished: nothing to resume"
     earlier = kept_aside(checkpoint)
     if earlier:
-        message += (f"; the earlier checkpoint is kept as {earlier[0]} "
-                    f"(continue it with --resume {earlier[0]})")
+        message += (f"; the earlier checkpoint is kept as {earlier[0]} (continue it with its "
+                    f"own --preset and --out, and --resume {earlier[0]})")
     return message
 
 
@@ -523,13 +543,14 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     commands = {"train": _train, "evaluate": _evaluate, "predict": _predict, "models": _models,
                 "export": _export}
+    started = time.time()
     try:
         code = commands[args.command](args)  # None, or the exit status a command chose
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()
         if os.environ.get("RANK", "0") == "0":  # every rank stopped at the same step: say it once
-            print(_interrupted(args), file=sys.stderr)
+            print(_interrupted(args, started), file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the boundary: every failure ends in a message
         if args.debug:

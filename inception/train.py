@@ -378,7 +378,10 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
     except BaseException:  # a full disk or a Ctrl-C mid-write: leave no partial file behind
         tmp.unlink(missing_ok=True)
@@ -408,7 +411,8 @@ def _not_found_message(path: Path) -> str:
     listed = ", ".join(str(p) for p in earlier[:3]) + (" ..." if len(earlier) > 3 else "")
     return (f"no checkpoint at {path}, but earlier runs' checkpoints were kept aside there "
             f"(newest first): {listed}. Use one of those paths instead "
-            f"(python -m inception train --resume {earlier[0]}, or evaluate {earlier[0]})")
+            f"(python -m inception train --resume {earlier[0]} with the --preset and --out of "
+            f"the run that wrote it, or python -m inception evaluate {earlier[0]})")
 
 
 def _first_line(err: BaseException) -> str:
@@ -584,8 +588,9 @@ def fit(model: GoogLeNet, data: ImageData, config: TrainConfig, *,
 
     Everything a user can get wrong is checked before the first step: the device, the output
     folder (created, and proved writable), and that the model has one output per class of
-    `data`. A loss or weights that become NaN or infinite stop the run with a TrainingError
-    and are never saved (see `_check_finite`), so the last good checkpoint survives.
+    `data`. A loss that becomes NaN or infinite stops the run with a TrainingError, and so do
+    such weights before a checkpoint would save them (`_check_finite_loss`,
+    `_check_finite_weights`), so the last good checkpoint survives.
 
     Under torchrun the same call trains data-parallel (see `inception.distributed`): each of N
     ranks trains on `config.batch_size` images of every global batch of N times as many, DDP
@@ -638,8 +643,9 @@ def fit(model: GoogLeNet, data: ImageData, config: TrainConfig, *,
         stopped_by = "epochs"
         with (distributed.stop_requests(world) as stop_asked,
               distributed.collective_errors(world, _what_is_kept(plan.checkpoint_path))):
-            while (run.epoch < config.epochs and run.step < plan.total_steps
-                   and not _out_of_time(run.train_seconds, plan)):
+            # Steps, not epochs: an epoch cut short (max_steps, a budget) and then extended
+            # by a resume still ends on the schedule's last step.
+            while run.step < plan.total_steps and not _out_of_time(run.train_seconds, plan):
                 sums, lr, seconds, stopped_by = _train_epoch(run, forward, plan, stop_asked)
                 _end_epoch(run, plan, sums, lr, seconds, val_loader, data)
                 if stopped_by != "epochs":
@@ -780,7 +786,8 @@ def _checkpoint_path(out_dir: str | Path | None, resume: str | Path | None, prog
         kept = _keep_aside(path)
         if progress:
             print(f"kept the earlier checkpoint as {kept} (this run writes a new "
-                  f"{path.name}; resume the earlier one with --resume {kept})")
+                  f"{path.name}; resume the earlier one with its own --preset and --out, "
+                  f"and --resume {kept})")
     return path
 
 
@@ -1071,6 +1078,13 @@ def _check_same_run(saved: dict, config: TrainConfig) -> None:
         detail = ", ".join(f"{k}: {was[k]!r} -> {now[k]!r}" for k in differ)
         raise CheckpointError(f"cannot resume: the config differs from the checkpoint's "
                               f"({detail}). Resume with the same config, or start a new run")
+    extended = [k for k in sorted(_RESUMABLE_CHANGES) if was[k] != now[k]]
+    if extended:  # allowed, but not a continuation: the schedule's length is what changed
+        detail = ", ".join(f"{k}: {was[k]!r} -> {now[k]!r}" for k in extended)
+        warnings.warn(f"resuming with {detail} lays the learning-rate schedule over the new "
+                      "length, so the rate jumps to where the new run would be at this step (a "
+                      "warm restart): the result differs from a run planned this long from the "
+                      "start", stacklevel=4)
 
 
 def _rng_state() -> dict:
@@ -1082,6 +1096,6 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if "cuda" in state and torch.cuda.is_available():  # a machine may have fewer GPUs
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"][:torch.cuda.device_count()]])
 

@@ -492,7 +492,8 @@ def test_resuming_a_kept_aside_checkpoint_keeps_the_current_one_too(synthetic, t
     train_on_cpu(synthetic, replace(TINY_RUN, seed=5), out_dir=tmp_path)
     [earlier] = tmp_path.glob("checkpoint-*.pt")
     current = (tmp_path / "checkpoint.pt").read_bytes()
-    train_on_cpu(synthetic, replace(TINY_RUN, epochs=2), out_dir=tmp_path, resume=earlier)
+    with pytest.warns(UserWarning, match="epochs: 1 -> 2"):
+        train_on_cpu(synthetic, replace(TINY_RUN, epochs=2), out_dir=tmp_path, resume=earlier)
     kept = {p.read_bytes() for p in tmp_path.glob("checkpoint-*.pt")}
     assert current in kept and earlier.is_file()  # neither earlier run was overwritten
     assert T.read_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
@@ -503,7 +504,7 @@ def test_an_interrupted_save_leaves_no_partial_file_and_keeps_the_last_good_one(
     path = T.save_checkpoint(tmp_path / "checkpoint.pt", {"format": T.CHECKPOINT_FORMAT, "v": 1})
 
     def interrupted_save(obj, f):
-        Path(f).write_bytes(b"half a checkpoint")
+        f.write(b"half a checkpoint")  # save_checkpoint hands torch.save an open temp file
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", interrupted_save)

@@ -138,7 +138,8 @@ def test_train_from_packaged_weights_on_an_image_folder_then_resume(tmp_path, ca
     assert "model: googlenet_cifar_small (from the cifar10 weights of" in printed
     assert "tensors transferred, 2 new (fc)" in printed
     assert "frozen: conv1 to inception4e" in printed and "lr x 0.1" in printed
-    assert main([*argv, "--max-steps", "2", "--resume"]) == 0
+    with pytest.warns(UserWarning, match="max_steps: 1 -> 2 .*warm restart"):
+        assert main([*argv, "--max-steps", "2", "--resume"]) == 0
     assert "resumed, so every weight is the checkpoint's" in capsys.readouterr().out
 
 

@@ -297,6 +297,20 @@ def test_loader_reshuffles_every_epoch_and_replays_from_its_state():
     assert torch.equal(next(iter(loader))[1], first)
 
 
+def test_loader_state_from_another_kind_of_device_gives_a_seeded_order_and_a_warning():
+    images, labels = torch.zeros(64, 3, 32, 32, dtype=torch.uint8), torch.arange(64)
+
+    def resumed() -> torch.Tensor:
+        loader = DeviceLoader(images, labels, batch_size=64, mean=(0.5,) * 3, std=(0.5,) * 3,
+                              train=True)
+        cuda_state = torch.arange(16, dtype=torch.uint8)  # Philox: 16 bytes, not the CPU's 5,056
+        with pytest.warns(UserWarning, match="another kind of device"):
+            loader.load_state_dict({"generator": cuda_state})
+        return next(iter(loader))[1]
+
+    assert torch.equal(resumed(), resumed())  # the same checkpoint, the same order
+
+
 def test_eval_loader_is_ordered_and_complete():
     images = torch.zeros(10, 3, 32, 32, dtype=torch.uint8)
     loader = DeviceLoader(images, torch.arange(10), batch_size=4, mean=(0.5,) * 3,

@@ -53,6 +53,18 @@ def test_same_seed_gives_identical_weights(synthetic):
     assert not _same_weights(a.model, c.model)
 
 
+def test_a_run_cut_short_mid_epoch_and_extended_ends_on_its_last_step(synthetic, tmp_path):
+    # 3 epochs of 4 steps; the first sitting stops after 2 steps, inside epoch 1. Counting that
+    # part-epoch as a whole one left the extended run 2 steps short of its schedule's end.
+    train_on_cpu(synthetic, replace(TINY, max_steps=2), out_dir=tmp_path)
+    with pytest.warns(UserWarning, match=r"max_steps: 2 -> None .*warm restart"):
+        result = train_on_cpu(synthetic, TINY, out_dir=tmp_path, resume=tmp_path / "checkpoint.pt")
+    saved = T.read_checkpoint(tmp_path / "checkpoint.pt")
+    assert saved["step"] == 3 * 4 and result.stopped_by == "epochs"
+    planned = train_on_cpu(synthetic, TINY)  # the schedule ran to its end, as planned
+    assert result.history.lr.iloc[-1] == pytest.approx(planned.history.lr.iloc[-1])
+
+
 def _train_until_stopped_after_epoch(epoch: int, data, config, out_dir, monkeypatch) -> None:
     """Train as if the user pressed Stop right after `epoch`'s checkpoint was written."""
     real_save = T.save_checkpoint
@@ -126,12 +138,13 @@ def test_a_resume_on_a_bf16_machine_keeps_training_in_fp32_as_it_began(synthetic
 def test_a_bf16_checkpoint_resumed_without_native_bf16_goes_on_in_fp32_and_says_so(
         synthetic, tmp_path, monkeypatch):
     _native_bf16(monkeypatch, True)
-    config = replace(TINY, epochs=1, width=0.125)
-    assert train_on_cpu(synthetic, config, out_dir=tmp_path).precision == "bf16"
+    config = replace(TINY, epochs=2, width=0.125)
+    _train_until_stopped_after_epoch(1, synthetic, config, tmp_path, monkeypatch)
+    assert T.read_checkpoint(tmp_path / "checkpoint.pt")["precision"] == "bf16"
     _native_bf16(monkeypatch, False)  # emulated bf16 would be several times slower than fp32
     with pytest.warns(UserWarning, match=r"trained in bf16, .* trains in fp32, so its result "
                                           "will differ"):
-        resumed = train_on_cpu(synthetic, replace(config, epochs=2), out_dir=tmp_path,
+        resumed = train_on_cpu(synthetic, config, out_dir=tmp_path,
                                resume=tmp_path / "checkpoint.pt")
     assert resumed.precision == "fp32" and len(resumed.history) == 2
 
@@ -163,8 +176,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = T.save_checkpoint(tmp_path / "checkpoint.pt", {"format": T.CHECKPOINT_FORMAT, "v": 1})
 
     def broken_save(obj, f):
-        with open(f, "wb") as handle:
-            handle.write(b"partial")
+        f.write(b"partial")  # save_checkpoint hands torch.save an open temp file
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
@@ -280,10 +292,11 @@ def test_gpu_recipe_runs_through_the_fp16_grad_scaler_path(synthetic, tmp_path, 
     monkeypatch.setattr(T, "choose_precision", lambda device, requested: "fp16")
     config = replace(get_preset("gpu"), width=0.125, batch_size=16, epochs=2, train_limit=64,
                      eval_limit=32)
-    first = train_on_cpu(synthetic, replace(config, epochs=1), out_dir=tmp_path)
-    assert first.precision == "fp16"
-    scaler = T.read_checkpoint(tmp_path / "checkpoint.pt")["scaler"]
-    assert scaler["scale"] > 0  # an enabled scaler saved its state (a disabled one saves {})
+    _train_until_stopped_after_epoch(1, synthetic, config, tmp_path, monkeypatch)
+    saved = T.read_checkpoint(tmp_path / "checkpoint.pt")
+    assert saved["precision"] == "fp16"
+    assert saved["scaler"]["scale"] > 0  # an enabled scaler saved its state (a disabled one: {})
     resumed = train_on_cpu(synthetic, config, out_dir=tmp_path, resume=tmp_path / "checkpoint.pt")
-    assert len(resumed.history) == 2
-    assert all(torch.isfinite(p).all() for p in resumed.model.parameters())
+    assert resumed.precision == "fp16" and len(resumed.history) == 2
+    straight = train_on_cpu(synthetic, config)  # the scaler's state came back exactly
+    assert _same_weights(resumed.model, straight.model)

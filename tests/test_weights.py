@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import inception.weights as W
+from inception import evaluate
 from inception.data import load_cifar
 from inception.errors import ConfigError, WeightsError
 from inception.evaluate import accuracy, predict
@@ -160,6 +161,10 @@ def test_load_for_study_prefers_a_checkpoint_and_never_trains(tmp_path):
     assert "reference weights" in which and str(missing) not in which
 
 
+def _fail(*_args, **_kwargs):
+    raise RuntimeError("measuring failed")
+
+
 def test_cli_export_measures_the_exported_file_and_evaluate_reads_packaged_weights(
         tmp_path, monkeypatch, capsys):
     from inception.cli import main
@@ -174,6 +179,14 @@ def test_cli_export_measures_the_exported_file_and_evaluate_reads_packaged_weigh
     assert record["sha256"] == W.sha256(tmp_path / f"{MODEL}-toy.pt")
     printed = capsys.readouterr().out
     assert f"test_accuracy_tta: {record['test_accuracy_tta']:.2%}" in printed
+    # An export that fails while measuring (no data, Ctrl-C) leaves the earlier pair as it was.
+    pair = {p.name: p.read_bytes() for p in tmp_path.glob(f"{MODEL}-toy.*")}
+    monkeypatch.setattr(evaluate, "evaluate", _fail)
+    assert main(["export", str(run / "checkpoint.pt"), "--name", "toy", "--into",
+                 str(tmp_path), "--set", "commit=def456"]) == 1
+    assert {p.name: p.read_bytes() for p in tmp_path.glob(f"{MODEL}-toy.*")} == pair
+    assert not list(tmp_path.glob(".export-*")), "the staging folder is removed"
+    monkeypatch.undo()
     monkeypatch.setattr(W, "PRETRAINED_DIR", tmp_path)
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", "--weights", "toy", "--limit", "100"]) == 0

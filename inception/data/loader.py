@@ -6,6 +6,9 @@ are `inception.data.augment`'s; where the images came from is no concern of it.
 
 from __future__ import annotations
 
+import hashlib
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -129,4 +132,20 @@ class DeviceLoader:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        """Continue the saved stream. `set_state` takes a CPU tensor even for a CUDA generator,
+        and `torch.load(map_location=...)` may have moved it to the GPU.
+
+        A CPU generator's state (Mersenne Twister) does not fit a CUDA one (Philox), so a run
+        moved between the two kinds of device continues with a new order, seeded from the saved
+        state (the same checkpoint gives the same order every time), and says so.
+        """
+        saved = state["generator"].cpu()
+        if saved.numel() == self.generator.get_state().numel():
+            self.generator.set_state(saved)
+            return
+        seed = int.from_bytes(hashlib.sha256(saved.numpy().tobytes()).digest()[:8], "little")
+        self.generator.manual_seed(seed)
+        warnings.warn(f"the checkpoint's data order was drawn on another kind of device than "
+                      f"this {self.generator.device.type}: the run continues with a new seeded "
+                      "order, so its result will differ slightly from an uninterrupted run's",
+                      stacklevel=3)
