@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from inception.model import Inception
+from inception.model import Inception, eval_mode
 
 BRANCHES = ("branch1", "branch2", "branch3", "branch4")
 Hook = Callable[[nn.Module, tuple, Tensor], Tensor | None]
@@ -71,18 +71,6 @@ class _Seen(Exception):
     """Raised by a hook once every wanted output exists: the rest of the pass is not needed."""
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """The model in eval mode (BatchNorm's running statistics, no dropout), its mode restored."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, mode in modes.items():
-            module.train(mode)
-
-
 def activations(model: nn.Module, inputs: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
     """Outputs of the named submodules for one batch, in eval mode, keeping the autograd graph.
 
@@ -99,7 +87,7 @@ def activations(model: nn.Module, inputs: Tensor, names: Sequence[str]) -> dict[
                 raise _Seen
         return hook
 
-    with _eval_mode(model), forward_hooks([(_submodule(model, n), keep(n)) for n in names]):
+    with eval_mode(model), forward_hooks([(_submodule(model, n), keep(n)) for n in names]):
         try:
             model(inputs)
         except _Seen:
@@ -293,7 +281,7 @@ def grad_cam(model: nn.Module, inputs: Tensor, targets: Tensor, layer: str, *,
     attr = _captum_attr()
     targets = torch.as_tensor(targets).long()
     maps = []
-    with _eval_mode(model):
+    with eval_mode(model):
         cam = attr.LayerGradCam(model, _submodule(model, layer))
         for start in range(0, len(inputs), batch_size):
             x = inputs[start:start + batch_size]
@@ -316,7 +304,7 @@ def occlusion(model: nn.Module, inputs: Tensor, targets: Tensor, *, window: int 
     targets = torch.as_tensor(targets).long()
     channels = inputs.shape[1]
     maps = []
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         occluder = _captum_attr().Occlusion(model)
         for start in range(0, len(inputs), batch_size):
             x = inputs[start:start + batch_size]
@@ -390,7 +378,7 @@ def widest_path(model: nn.Module, image_size: int = 32) -> list[tuple[str, int, 
     first = next(p for p in model.parameters() if p.dim() == 4)
     blank = torch.zeros(1, first.shape[1], image_size, image_size, device=first.device)
     names = [name for name, _ in model.named_children()]
-    with torch.no_grad(), _eval_mode(model), capture(model, names) as ran:
+    with torch.no_grad(), eval_mode(model), capture(model, names) as ran:
         model(blank)
     return [step for name in ran for step in _steps(model.get_submodule(name), name)]
 

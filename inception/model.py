@@ -10,6 +10,8 @@ import copy
 import math
 import numbers
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -480,6 +482,19 @@ def _weights_network(name: str, arch: dict, registered: dict) -> str:
     differ = [f"{k}={v!r}" for k, v in arch.items() if registered.get(k) != v
               and k not in ("dropout", "dropout_aux", "transform_input")]
     return f"{name} ({params:,} params" + (f": {', '.join(differ)})" if differ else ")")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode (BatchNorm's running statistics, no dropout), and afterwards every
+    submodule back in the mode it had: frozen layers stay in eval inside a training model."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes.items():
+            module.train(mode)
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

@@ -32,7 +32,7 @@ from inception.data import (
     random_crop_flip,
     shard_indices,
 )
-from inception.model import out_channels
+from inception.model import eval_mode, out_channels
 
 _RGB = (("R", "tab:red"), ("G", "tab:green"), ("B", "tab:blue"))
 _WRONG, _RIGHT = "tab:red", "black"
@@ -559,10 +559,8 @@ def _trace_layers(model: torch.nn.Module, image_size: int) -> list[tuple[str, to
              if not isinstance(child, torch.nn.Identity) and name not in _AUX_SOURCES]
     first = next(model.parameters())
     in_channels = getattr(model, "in_channels", None) or first.shape[1]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros(1, in_channels, image_size, image_size, device=first.device))
             shapes = {name: shape for name, _, shape in records}
             for aux, source in _AUX_SOURCES.items():
@@ -573,7 +571,6 @@ def _trace_layers(model: torch.nn.Module, image_size: int) -> list[tuple[str, to
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     return records
 
 

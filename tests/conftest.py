@@ -3,6 +3,7 @@ synthetic stand-in with a seeded CPU run on it, and an offline stand-in for torc
 ImageNet GoogLeNet file."""
 
 import dataclasses
+import os
 import pickle
 import socket
 import urllib.error
@@ -62,6 +63,16 @@ def synthetic():
     (their configs' train_limit and eval_limit take what each needs). A module may define its own
     `synthetic` of another size, which pytest then uses instead."""
     return load_cifar(source="synthetic", train_limit=256, eval_limit=64)
+
+
+class RunsCode:
+    """Pickles as a call to os.system: what a crafted data file or checkpoint would do."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
 
 
 def train_on_cpu(data, config, *, progress: bool = False, **kwargs):

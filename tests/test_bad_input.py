@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BATCH_FILES, train_on_cpu, write_tiny_cifar10
+from conftest import BATCH_FILES, RunsCode, train_on_cpu, write_tiny_cifar10
 
 import inception.cli as cli
 import inception.train as T
@@ -136,19 +136,9 @@ def _replace_file(file: str, content: bytes):
     return setup
 
 
-class _RunsCode:
-    """Pickles as a call to os.system: what a crafted data file would do."""
-
-    def __init__(self, command: str) -> None:
-        self.command = command
-
-    def __reduce__(self):
-        return os.system, (self.command,)
-
-
 def _crafted(tmp: Path) -> dict:
     _tiny_data(tmp)
-    payload = {"data": _RunsCode(f"touch {tmp / 'code-ran'}"), "labels": [0]}
+    payload = {"data": RunsCode(f"touch {tmp / 'code-ran'}"), "labels": [0]}
     (tmp / "data" / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(payload))
     return {}
 

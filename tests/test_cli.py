@@ -25,19 +25,25 @@ def test_help_lists_every_option(capsys):
     assert "--tta" in text and "--limit" in text
 
 
-@pytest.mark.parametrize("argv", [["train", "--preset", "tpu"], ["train", "--epochs", "-3"],
-                                  ["train", "--epochs", "many"], ["fly"], [],
-                                  ["train", "--image-size", "4"], ["train", "--model", "vgg"],
-                                  # predict parses its words again (intermixed): still refused
-                                  ["predict", "ckpt.pt", "a.jpg", "--bogus"],
-                                  ["predict", "ckpt.pt", "--top-k", "0", "a.jpg"],
-                                  ["predict", "--top-k", "3"], ["models", "extra"]])
-def test_bad_arguments_get_a_one_line_error(argv, capsys):
+@pytest.mark.parametrize("argv, says", [
+    (["train", "--preset", "tpu"], "argument --preset: invalid choice: 'tpu'"),
+    (["train", "--epochs", "-3"], "argument --epochs: must be > 0, got -3"),
+    (["train", "--epochs", "many"], "argument --epochs: must be a whole number, got 'many'"),
+    (["fly"], "argument command: invalid choice: 'fly'"),
+    ([], "the following arguments are required: command"),
+    (["train", "--image-size", "4"], "argument --image-size: must be >= 8, got 4"),
+    (["train", "--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
+    # predict parses its words again (intermixed): still refused
+    (["predict", "ckpt.pt", "a.jpg", "--bogus"], "unrecognized arguments: --bogus"),
+    (["predict", "ckpt.pt", "--top-k", "0", "a.jpg"], "argument --top-k: must be > 0, got 0"),
+    (["predict", "--top-k", "3"], "the following arguments are required: FILE_OR_FOLDER"),
+    (["models", "extra"], "unrecognized arguments: extra")])
+def test_bad_arguments_get_a_one_line_error_that_names_the_argument(argv, says, capsys):
     with pytest.raises(SystemExit) as done:
         main(argv)
     assert done.value.code == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "error:" in err
+    assert len(err.strip().splitlines()) == 1 and "error: " + says in err and "--help" in err
 
 
 def _fails_with(argv, message, error, capsys):

@@ -270,9 +270,9 @@ def test_a_hung_rank_makes_the_others_stop_with_a_clear_error_within_the_timeout
                                                                                   tmp_path):
     run_ranks(_hang_rank_1, synthetic, CONFIG, tmp_path)
     stopped, message = (tmp_path / "rank0.txt").read_text().split("\n", 1)
-    waited = float(stopped) - float((tmp_path / "hung").read_text())
-    assert 10 <= waited < 10 + 30  # the 10-second timeout, plus slack for a loaded machine
-    assert "rank 0 of 2 lost the other ranks" in message and "did not answer" in message
+    assert float(stopped) - float((tmp_path / "hung").read_text()) >= 10  # not before timing out
+    assert "rank 0 of 2 lost the other ranks" in message
+    assert "did not answer for 10 s" in message  # the timeout it was given, not the default
     assert "Nothing of this run was saved" in message
 
 
@@ -329,8 +329,9 @@ def test_a_rank_that_raises_makes_torchrun_exit_non_zero_promptly(tmp_path):
                       "--device", "cpu", "--out", str(tmp_path / "run"),
                       "--dist-timeout", "300"], cwd=tmp_path)
     ended = time.time()
-    assert done.returncode != 0
+    assert done.returncode != 0 and failed_at.is_file()
     assert "[rank 1 of 2] error: unexpected RuntimeError: rank 1 fails on purpose" in done.stderr
-    # torchrun stops rank 0 as soon as rank 1 has failed, long before the 300-second timeout
+    # torchrun stops rank 0 as soon as rank 1 has failed, not after rank 0's 300-second timeout
+    # (rank 0's message reads the same either way; only the time tells them apart)
     assert ended - float(failed_at.read_text()) < 60
     assert not (tmp_path / "run" / "checkpoint.pt").exists()

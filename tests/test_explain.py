@@ -10,9 +10,6 @@ from inception import explain
 from inception.evaluate import silence_branch
 from inception.model import GoogLeNet, build_model
 
-pytest.importorskip("captum", reason="Grad-CAM and occlusion come from captum")
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 

@@ -217,9 +217,10 @@ def test_network_diagram_draws_the_sizes_a_traced_model_produces(name, stem, wid
     model = build_model(name, stem=stem, width=width)
     expected = _traced_sizes(model, 32)
     assert expected["inception3a"].endswith("×32×32" if stem == "cifar" else "×16×16")
-    model.eval()
+    model.train()
+    model.inception4b.eval()  # a mixed state, as with frozen layers
     fig = plots.network_diagram(model, image_size=32)
-    assert not model.training  # the trace restores the mode it found
+    assert model.training and not model.inception4b.training  # the modes it found
     ax = fig.axes[0]
     drawn = {t.get_gid().removesuffix(":size"): t.get_text() for t in ax.texts
              if t.get_gid() and t.get_gid().endswith(":size")}

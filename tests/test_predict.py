@@ -9,9 +9,11 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from torchvision.io import write_png
 
 import inception.train as T
@@ -63,7 +65,7 @@ def test_rows_hold_the_checkpoints_classes_and_match_evaluate_predict(checkpoint
     table = predict_images(checkpoint, files, top_k=2)
     assert list(table.columns) == ["file", "class_1", "prob_1", "class_2", "prob_2", "error"]
     assert table["file"].tolist() == [str(f) for f in files] and table["error"].isna().all()
-    # Independently: the same files resized by hand and pushed through evaluate.predict.
+    # The same files through read_image and evaluate.predict: predict_images adds no step.
     model, meta = T.load_checkpoint(checkpoint)
     batch = torch.stack([read_image(f, 24) for f in files])
     probs = predict(model, batch, torch.zeros(4, dtype=torch.int64), mean=meta["data"]["mean"],
@@ -71,6 +73,26 @@ def test_rows_hold_the_checkpoints_classes_and_match_evaluate_predict(checkpoint
     assert table["class_1"].tolist() == [CLASSES[i] for i in probs.argmax(1).tolist()]
     assert torch.allclose(torch.tensor(table["prob_1"].tolist()), probs.max(1).values)
     assert (table["prob_1"] >= table["prob_2"]).all()
+
+
+def test_probabilities_match_a_forward_pass_written_out_by_hand(checkpoint, tmp_path):
+    # Images of the checkpoint's own size (no resize), decoded by PIL, standardised and pushed
+    # through the model here: an independent path to the same probabilities.
+    g = torch.Generator().manual_seed(1)
+    files = [_write(tmp_path / "own" / f"{i}.png",
+                    torch.randint(0, 256, (3, 24, 24), dtype=torch.uint8, generator=g))
+             for i in range(3)]
+    table = predict_images(checkpoint, files, top_k=3)
+    model, meta = T.load_checkpoint(checkpoint)
+    pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    mean, std = (torch.tensor(meta["data"][k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        probs = model.eval()((x - mean) / std).softmax(1)
+    top = probs.sort(dim=1, descending=True)
+    for k in range(3):
+        assert table[f"class_{k + 1}"].tolist() == [CLASSES[i] for i in top.indices[:, k]]
+        assert np.allclose(table[f"prob_{k + 1}"], top.values[:, k].numpy(), atol=1e-5)
 
 
 def test_a_file_that_is_not_an_image_gets_its_own_row_error(checkpoint, tmp_path):

@@ -1,16 +1,15 @@
 """inception.train: learning, determinism, exact resume, checkpoints and the schedule."""
 
-import pickle
 from dataclasses import replace
 
 import pytest
 import torch
-from conftest import train_on_cpu
+from conftest import RunsCode, train_on_cpu
 
 import inception.runtime
 import inception.train as T
 from inception.runtime import choose_precision, runs_natively
-from inception.train import TrainConfig, fit, get_preset, load_checkpoint, lr_at
+from inception.train import PRESETS, TrainConfig, fit, get_preset, load_checkpoint, lr_at
 
 # A run small enough to repeat several times in a test: 4 steps of 16 images per epoch.
 TINY = TrainConfig(epochs=3, batch_size=16, lr=0.05, train_limit=64, eval_limit=32,
@@ -192,10 +191,13 @@ def test_unreadable_checkpoints_give_clear_errors(tmp_path):
     (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04 not a whole file")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "truncated.pt")
-    # An arbitrary pickled object: weights_only=True refuses to execute it.
-    (tmp_path / "foreign.pt").write_bytes(pickle.dumps(TrainConfig(), protocol=2))
-    with pytest.raises(ValueError, match="only load checkpoints you trust"):
-        load_checkpoint(tmp_path / "foreign.pt")
+    # A checkpoint that runs a command when unpickled: weights_only=True refuses it unrun.
+    ran = tmp_path / "code-ran"
+    torch.save({"format": T.CHECKPOINT_FORMAT, "x": RunsCode(f"touch {ran}")},
+               tmp_path / "crafted.pt")
+    with pytest.raises(ValueError, match="UnpicklingError.*only load checkpoints you trust"):
+        load_checkpoint(tmp_path / "crafted.pt")
+    assert not ran.exists()
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an inception checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
@@ -275,7 +277,10 @@ def test_which_precisions_run_natively_where():
 
 
 def test_presets_and_config_validation():
-    assert get_preset("auto") == get_preset("gpu" if torch.cuda.is_available() else "cpu")
+    for cuda, preset in ((True, "gpu"), (False, "cpu")):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+            assert get_preset("auto") == PRESETS[preset]
     assert get_preset("cpu").model == "googlenet_cifar_small"
     assert get_preset("gpu").model == "googlenet_cifar"
     assert get_preset("cpu").budget_min == 15
