@@ -275,12 +275,15 @@ def export_weights(checkpoint: str | Path, into: str | Path, name: str, *,
     )
 
     payload = read_checkpoint(checkpoint, map_location="cpu")
+    data = dict(payload["data"])
+    if data.get("source") != "image folder":  # CIFAR is found by name: the training machine's
+        data["root"] = None                     # folder means nothing where the weights go
     state = payload["ema"] if payload["ema"] is not None else payload["model"]
     state = {k: (v.half() if half and v.is_floating_point() else v)
              for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
     slim = dict(format=CHECKPOINT_FORMAT, model_name=payload["model_name"],
                 arch={**payload["arch"], "aux_logits": False}, model=state, ema=None,
-                config=payload["config"], history=payload["history"], data=payload["data"],
+                config=payload["config"], history=payload["history"], data=data,
                 epoch=payload["epoch"], step=payload["step"],
                 train_seconds=payload["train_seconds"], precision=payload["precision"],
                 device=payload["device"])

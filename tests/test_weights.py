@@ -125,6 +125,7 @@ def test_export_keeps_the_function_drops_aux_heads_and_halves_the_size(tmp_path)
     assert slim.stat().st_size < 0.6 * full.stat().st_size
     payload = torch.load(slim, weights_only=True)
     assert not any(k.startswith("aux") for k in payload["model"])
+    assert payload["data"]["root"] is None  # no path of the training machine travels with it
     assert all(v.dtype == torch.float16 for v in payload["model"].values()
                if v.is_floating_point())
     model, meta = load_checkpoint(slim)
