@@ -437,11 +437,23 @@ def test_ctrl_c_during_train_says_what_can_be_resumed(monkeypatch, capsys, tmp_p
     kept.write_bytes(b"an earlier run")
     assert cli.main(argv) == 130
     err = capsys.readouterr().err
-    assert "nothing to resume" in err and f"--resume {kept}" in err
-    (tmp_path / "checkpoint.pt").write_bytes(b"this run's epoch 1")
+    assert "nothing to resume" in err and f"--preset and --out, and --resume {kept}" in err
+    # An earlier run's checkpoint.pt, not yet kept aside (Ctrl-C while the data loads): as it was.
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"an earlier run's epoch 3")
+    os.utime(checkpoint, (1e9, 1e9))
     assert cli.main(argv) == 130
     err = capsys.readouterr().err
-    assert f"saved in {tmp_path / 'checkpoint.pt'}" in err and "--resume" in err
+    assert f"{checkpoint} is unchanged" in err and "saved" not in err
+
+    def one_epoch_then_ctrl_c(*args, **kwargs):
+        checkpoint.write_bytes(b"this run's epoch 1")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "fit", one_epoch_then_ctrl_c)
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"saved in {checkpoint}" in err and "--resume" in err
 
 
 def test_a_full_disk_is_one_line_not_a_traceback(monkeypatch, capsys, tmp_path):
