@@ -9,7 +9,8 @@ speed is of interest. Eager and compiled share one process, as they would in a n
 Inductor's on-disk caches are bypassed, so the compile time is what a first run pays (a warm
 cache from an earlier run cut it from ~100 s to ~5 s here, which would flatter compile).
 
-    python benchmarks/compile.py                       # the cpu preset's model and batch size
+    python benchmarks/compile.py      # googlenet_cifar_small at width 0.125, batch 64: the
+                                      # earlier cpu preset's, as measured in the README
     python benchmarks/compile.py --width 0.25 --batch-size 128
 """
 

@@ -39,7 +39,7 @@ def peak_rss_mb() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cpu", help="quick, cpu, gpu or auto")
+    parser.add_argument("--preset", default="cpu", help="quick, cpu, reference, gpu or auto")
     parser.add_argument("--budget-min", type=float, help="override the preset's budget")
     parser.add_argument("--epochs", type=int, help="override the preset's epochs")
     parser.add_argument("--width", type=float, help="override the model's width multiplier")

@@ -76,7 +76,10 @@ def main() -> None:
         model, meta = inception.load_checkpoint(args.checkpoint, map_location="cpu")
         what = args.checkpoint
     mean, std = meta["data"]["mean"], meta["data"]["std"]
-    data = load_cifar("cifar10", args.data, download=False)
+    recorded = meta["data"]  # the data and split seed it trained on: its validation is unseen
+    if recorded["name"] not in ("cifar10", "cifar100"):
+        parser.error(f"{what} was trained on {recorded['title']}; this script scores CIFAR")
+    data = load_cifar(recorded["name"], args.data, seed=recorded["seed"], download=False)
     net = fold_batchnorm(model).to(memory_format=torch.channels_last)
     print(f"{what} on {data.title}; {describe_machine()}")
     for split in ("val", "test") if args.test else ("val",):
