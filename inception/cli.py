@@ -41,6 +41,7 @@ from inception.train import (
     load_checkpoint,
     prepare_out_dir,
     require_checkpoint_file,
+    resume_hint,
 )
 from inception.transfer import FREEZE_CHOICES, find_pretrained
 from inception.weights import (
@@ -505,8 +506,8 @@ def _interrupted(args: argparse.Namespace, started: float) -> str:
     message = "interrupted before the first epoch finished: nothing to resume"
     earlier = kept_aside(checkpoint)
     if earlier:
-        message += (f"; the earlier checkpoint is kept as {earlier[0]} (continue it with its "
-                    f"own --preset and --out, and --resume {earlier[0]})")
+        message += (f"; the earlier checkpoint is kept as {earlier[0]} (continue it with "
+                    f"{resume_hint(earlier[0])})")
     return message
 
 

@@ -1,5 +1,6 @@
-"""Where and how the code runs: device, numeric precision, seeding, the course's quick mode, and
-whether a download can reach its server.
+"""Where and how the code runs: device, numeric precision, seeding, the course's quick mode,
+whether a download can reach its server, and how a file is written so that a crash never
+leaves half of it.
 
 Owns the decisions every other module asks about (which device, which autocast dtype) so they
 are made in one place and unit-tested without the hardware. It does not train or load anything.
@@ -12,6 +13,7 @@ import random
 import socket
 import threading
 import urllib.request
+from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
@@ -214,3 +216,25 @@ def reachable(url: str, timeout: float = 5.0) -> bool:
     probe.start()
     probe.join(timeout)
     return answered == [True]
+
+
+def save_atomically(obj: object, path: str | Path, *, tag: str = "") -> Path:
+    """`torch.save(obj)` to `path` so that `path` is always either the old file or the new one.
+
+    The bytes go to a temp file beside `path` (`.NAME<tag>.tmp`), reach the disk (fsync), and
+    only then take the name in one atomic rename. A crash, a full disk or a Ctrl-C mid-write
+    removes the temp file and re-raises, leaving the previous file as it was. `tag` keeps
+    writers that may race for one name (ranks filling a shared cache) off each other's temp file.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{tag}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -36,6 +36,7 @@ from inception.runtime import (
     eval_batch_size,
     resolve_device,
     runs_natively,
+    save_atomically,
     seed_everything,
 )
 from inception.transfer import (
@@ -369,24 +370,14 @@ def _validate(model: nn.Module, loader: DeviceLoader, dtype: torch.dtype | None,
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
-    """Write a checkpoint atomically: a temp file in the same folder, then an atomic rename.
+    """Write a checkpoint atomically (`runtime.save_atomically`), creating its folder.
 
     A crash mid-write leaves the previous checkpoint intact instead of a truncated file, and
     a failed or interrupted write (full disk, Ctrl-C) removes its temp file too.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:  # a full disk or a Ctrl-C mid-write: leave no partial file behind
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return save_atomically(payload, path)
 
 
 def kept_aside(path: str | Path) -> list[Path]:
@@ -411,8 +402,17 @@ def _not_found_message(path: Path) -> str:
     listed = ", ".join(str(p) for p in earlier[:3]) + (" ..." if len(earlier) > 3 else "")
     return (f"no checkpoint at {path}, but earlier runs' checkpoints were kept aside there "
             f"(newest first): {listed}. Use one of those paths instead "
-            f"(python -m inception train --resume {earlier[0]} with the --preset and --out of "
-            f"the run that wrote it, or python -m inception evaluate {earlier[0]})")
+            f"({resume_hint(earlier[0])}, or python -m inception evaluate {earlier[0]})")
+
+
+def resume_hint(path: str | Path) -> str:
+    """How to continue the run that wrote `path`, worded once for every message that says it.
+
+    The run's own --preset and --out matter: another preset is refused as a different recipe,
+    and another --out writes the continued run somewhere the user does not look.
+    """
+    return (f"python -m inception train --resume {path} with the --preset and --out of the "
+            "run that wrote it")
 
 
 def _first_line(err: BaseException) -> str:
@@ -786,8 +786,7 @@ def _checkpoint_path(out_dir: str | Path | None, resume: str | Path | None, prog
         kept = _keep_aside(path)
         if progress:
             print(f"kept the earlier checkpoint as {kept} (this run writes a new "
-                  f"{path.name}; resume the earlier one with its own --preset and --out, "
-                  f"and --resume {kept})")
+                  f"{path.name}; continue the earlier one with {resume_hint(kept)})")
     return path
 
 

@@ -217,6 +217,25 @@ def test_a_damaged_cache_is_rebuilt_with_a_warning(tmp_path):
     assert cache.stat().st_size > 300  # rewritten whole
 
 
+def test_a_cache_write_that_fails_halfway_leaves_no_file_and_only_costs_the_speed_up(
+        tmp_path, monkeypatch):
+    _numbered(tmp_path)
+    real_save = torch.save
+
+    def disk_full(obj, f):
+        f.write(b"half a cache")  # save_atomically hands torch.save an open temp file
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.warns(UserWarning, match="cannot write the cache .*No space left on device"):
+        data = load_folder(tmp_path, image_size=12)
+    assert list((tmp_path / folder.CACHE_DIR).iterdir()) == []  # no temp file, no partial cache
+    monkeypatch.setattr(torch, "save", real_save)
+    again = load_folder(tmp_path, image_size=12)  # decodes again, and now caches
+    assert torch.equal(data.train_images, again.train_images)
+    assert [p.suffix for p in (tmp_path / folder.CACHE_DIR).iterdir()] == [".pt"]
+
+
 def test_without_cache_nothing_is_written(tmp_path):
     _numbered(tmp_path, per_class=2)
     load_folder(tmp_path, image_size=8, cache=False)

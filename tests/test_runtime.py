@@ -1,10 +1,15 @@
-"""inception.runtime.reachable: a download that cannot reach its server is known in seconds."""
+"""inception.runtime: a download that cannot reach its server is known in seconds, and a file
+written atomically is never half there."""
 
+import os
 import socket
 import threading
+from pathlib import Path
 
 import pytest
+import torch
 
+from inception import runtime
 from inception.runtime import reachable
 
 
@@ -50,3 +55,18 @@ def test_the_https_proxy_is_asked_instead_of_the_server(listening, monkeypatch):
     assert reachable("https://no-such-host.invalid/x.pth", timeout=2)
     monkeypatch.setenv("no_proxy", "no-such-host.invalid")  # bypassed: asked directly, and fails
     assert not reachable("https://no-such-host.invalid/x.pth", timeout=2)
+
+
+def test_save_atomically_puts_the_bytes_on_disk_before_the_name_points_at_them(tmp_path,
+                                                                                 monkeypatch):
+    """The order is the whole guarantee: a power cut after a rename of unsynced data can leave
+    the name on an empty file, which is the one outcome an atomic write exists to prevent."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(runtime.os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(runtime.os, "replace",
+                        lambda a, b: events.append(("replace", Path(a).name)) or real_replace(a, b))
+    path = runtime.save_atomically({"v": 1}, tmp_path / "state.pt", tag=".123")
+    assert events == ["fsync", ("replace", ".state.pt.123.tmp")]
+    assert torch.load(path, weights_only=True) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from inception.data.dataset import ImageData, channel_stats, split_indices
 from inception.errors import ConfigError, DatasetError
+from inception.runtime import save_atomically
 
 SPLITS = ("train", "val", "test")
 CACHE_DIR = ".inception-cache"
@@ -372,13 +373,11 @@ def _write_cache(listing: _Listing, image_size: int, decoded: dict) -> None:
     A folder that cannot be written (a shared, read-only dataset) only costs the speed-up.
     """
     path = _cache_path(listing, image_size)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(exist_ok=True)
-        torch.save({"version": _CACHE_VERSION, **decoded}, tmp)
-        os.replace(tmp, path)
+        # The pid in the temp name: ranks of one torchrun job may fill the same cache at once.
+        save_atomically({"version": _CACHE_VERSION, **decoded}, path, tag=f".{os.getpid()}")
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         warnings.warn(f"cannot write the cache in {path.parent} "
                       f"({err.strerror or err}): every load decodes the images again",
                       UserWarning, stacklevel=3)
