@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from inception.data import load_cifar
 from inception.errors import ConfigError, WeightsError
 from inception.evaluate import accuracy, predict
 from inception.model import build_model, count_parameters, list_models
-from inception.train import TrainConfig, fit, load_checkpoint
+from inception.train import PRESETS, TrainConfig, fit, load_checkpoint
 
 MODEL, NAME = "googlenet_cifar_small", "cifar10"
 
@@ -28,6 +29,9 @@ def test_reference_weights_are_small_and_fully_described(reference):
         assert key in reference.meta, key
     assert reference.meta["sha256"] == W.sha256(reference.path)
     assert reference.meta["preset"] == "reference"
+    # ... and that preset, as the code defines it now, is the recipe that made them: a reader who
+    # runs `--preset reference` repeats this training, not a recipe changed since.
+    assert reference.meta["config"] == asdict(PRESETS["reference"])
     assert "JPEG" in reference.meta["data_source"]  # the unofficial copy says so
     assert len(reference.meta["classes"]) == 10 and len(reference.meta["mean"]) == 3
 
