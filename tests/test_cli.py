@@ -1,5 +1,6 @@
 """The command line: complete --help, one-line errors, and a train -> evaluate round trip."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ from conftest import write_tiny_folder
 
 from inception.cli import main, parse_args
 from inception.errors import CheckpointNotFoundError, ConfigError, DatasetError
+from inception.train import PRESETS
 
 
 def test_help_lists_every_option(capsys):
@@ -125,6 +127,16 @@ def test_train_on_an_image_folder_picks_the_stem_by_size_then_evaluates(tmp_path
     printed = capsys.readouterr().out
     assert "model: googlenet_cifar_small (the preset's, with the cifar16 stem" in printed
     assert "shifted by up to 4 px" in printed
+
+
+def test_train_says_which_augmentations_the_images_get(tmp_path, capsys, monkeypatch):
+    argv = ["train", "--preset", "quick", "--synthetic", "--max-steps", "1", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "plain")]) == 0
+    assert "training images: shifted by up to 4 px, flipped\n" in capsys.readouterr().out
+    monkeypatch.setitem(PRESETS, "quick", replace(PRESETS["quick"], cutout=6))
+    assert main([*argv, "--out", str(tmp_path / "cutout")]) == 0
+    assert ("training images: shifted by up to 4 px, flipped, a 6-px square cut out\n"
+            in capsys.readouterr().out)
 
 
 def test_train_takes_cifar100_by_name(tmp_path, capsys):
