@@ -266,7 +266,7 @@ def _train(args: argparse.Namespace) -> None:
         crop = ("the paper's random-area crop, resized back"
                 if default_crop(min(data.image_size)) == "resized"
                 else f"shifted by up to {config.crop_padding} px")
-        cutout = f", a {config.cutout}-px square cut out" if config.cutout else ""
+        cutout = f", {config.cutout}x{config.cutout} px cut out" if config.cutout else ""
         print(f"model: {config.model}{why} | training images: {crop}, flipped{cutout}")
         seed_everything(config.seed)  # the initial weights come from the seed, not only the data
         model = config.build_model(len(data.classes))

@@ -135,7 +135,7 @@ def test_train_says_which_augmentations_the_images_get(tmp_path, capsys, monkeyp
     assert "training images: shifted by up to 4 px, flipped\n" in capsys.readouterr().out
     monkeypatch.setitem(PRESETS, "quick", replace(PRESETS["quick"], cutout=6))
     assert main([*argv, "--out", str(tmp_path / "cutout")]) == 0
-    assert ("training images: shifted by up to 4 px, flipped, a 6-px square cut out\n"
+    assert ("training images: shifted by up to 4 px, flipped, 6x6 px cut out\n"
             in capsys.readouterr().out)
 
 
