@@ -222,7 +222,7 @@ PRESETS: dict[str, TrainConfig] = {
         model="googlenet_cifar_small", width=0.125,  # the course's network, in miniature
         epochs=2, batch_size=32,  # small batches: a few dozen steps still move the weights
         lr=0.05, warmup=0.2,
-        train_limit=512, eval_limit=500,  # a subset: train + evaluate --limit 500 in < 30 s
+        train_limit=512, eval_limit=500,  # a subset: train + evaluate --limit 500 in ~30 s
     ),
     # The best a 2-core laptop CPU reaches in 15 minutes of training (tuned on validation).
     "cpu": TrainConfig(
@@ -233,8 +233,9 @@ PRESETS: dict[str, TrainConfig] = {
         width=0.25,
         epochs=30,  # an upper bound: the 15-minute budget ends the run first
         budget_min=15.0,  # the schedule is laid over the budget, so it ends at a low LR
-        # Batch 64: batch 32 (lr 0.05) makes twice the updates but ran at 114 img/s inside
-        # `fit` and reached 70.9% validation; batch 128 trains no faster per image than 64.
+        # Batch 64, measured on the earlier network (width 0.125; README, "What was tried"):
+        # batch 32 (lr 0.05) makes twice the updates but ran at 114 img/s inside `fit` and
+        # reached 70.9% validation; batch 128 trained no faster per image than 64.
         batch_size=64, lr=0.08, warmup=0.1,
         label_smoothing=0.1,
     ),
@@ -342,8 +343,17 @@ class ModelEMA:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         ema_params = list(self.module.parameters())
         torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - d)
-        for ema_b, b in zip(self.module.buffers(), model.buffers(), strict=True):
-            ema_b.copy_(b)
+        torch._foreach_copy_(list(self.module.buffers()), list(model.buffers()))  # one call
+
+
+def _count(y: torch.Tensor) -> torch.Tensor:
+    """The batch size as a tensor on y's device, made without a host-to-device copy.
+
+    `torch.tensor(len(y), device="cuda")` copies from ordinary host memory, and PyTorch waits
+    for the GPU to finish its queue before such a copy: a host sync on every step. `torch.full`
+    fills on the device instead.
+    """
+    return torch.full((), len(y), device=y.device)
 
 
 @torch.no_grad()
@@ -361,7 +371,7 @@ def _validate(model: nn.Module, loader: DeviceLoader, dtype: torch.dtype | None,
         with torch.autocast(loader.device.type, dtype=dtype, enabled=dtype is not None):
             logits = net(x).float()
         sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
-                             (logits.argmax(1) == y).sum(), torch.tensor(len(y), device=y.device)])
+                             (logits.argmax(1) == y).sum(), _count(y)])
     loss_sum, correct, n = distributed.sum_over_ranks(sums, world).tolist()
     return loss_sum / max(n, 1), correct / max(n, 1)
 
@@ -578,10 +588,12 @@ def fit(model: GoogLeNet, data: ImageData, config: TrainConfig, *,
         resume: str | Path | None = None, progress: bool = True) -> TrainResult:
     """Train `model` on `data` as `config` says; checkpoint every epoch into `out_dir`.
 
-    With `resume` (a checkpoint path) the run continues exactly where it stopped: weights,
-    optimizer, EMA, RNG streams and history are restored, so on the CPU an interrupted and
-    resumed run ends with the same weights as an uninterrupted one (budget-limited runs depend
-    on wall time and are not bit-reproducible).
+    With `resume` (a checkpoint path) the run continues from its last checkpoint, written at
+    the end of every epoch: weights, optimizer, EMA, RNG streams and history are restored, so on
+    the CPU a run interrupted and resumed at an epoch's end finishes with the same weights as an
+    uninterrupted one. Ctrl-C loses only the epoch in progress. An epoch that max_steps or a
+    budget cut short is saved, but a resumed run does not finish it: it starts a new epoch with
+    a new shuffle. Budget-limited runs depend on wall time and are not bit-reproducible.
 
     With `config.init_from` the pretrained weights are copied into `model` first (build it
     with `config.build_model`), and `config.freeze` keeps a prefix of it fixed; a resume takes
@@ -619,18 +631,20 @@ def fit(model: GoogLeNet, data: ImageData, config: TrainConfig, *,
                    ModelEMA(model, config.ema_decay) if config.ema_decay else None,
                    train_loader)
         if saved is not None:
-            _restore(run, saved, config, world)
+            _restore(run, saved, config, world, data)
         distributed.reseed_rank(world, config.seed, run.step)
         num_classes = getattr(model, "arch", {}).get("num_classes")
         if num_classes is not None:  # after a resume's checks, which name the checkpoint's model
             data.check_num_classes(num_classes)
+        total_steps = _total_steps(config, len(train_loader))
+        budget_s = config.budget_min * 60 if config.budget_min else None
+        if saved is not None:  # before the output folder's checkpoint is moved aside
+            _check_work_left(run, config, total_steps, budget_s, resume)
         forward = distributed.wrap(model, world, device, config.sync_batchnorm)
         forward = torch.compile(forward) if config.compile else forward
         progress = progress and world.is_main
         plan = _Plan(config, device, precision, autocast_dtype(precision), world,
-                     _total_steps(config, len(train_loader)),
-                     config.budget_min * 60 if config.budget_min else None,
-                     lr_scale(config, world.size)[0],
+                     total_steps, budget_s, lr_scale(config, world.size)[0],
                      _checkpoint_path(out_dir, resume, progress, world), progress,
                      # A live bar where someone watches it redraw in place: a terminal or a
                      # notebook (`make course` collapses the redraws when it saves; a 15-minute
@@ -746,10 +760,16 @@ def _precision_to_resume(saved: str, chosen: str, device: torch.device,
     return chosen
 
 
-def _restore(run: _Run, payload: dict, config: TrainConfig, world: distributed.World) -> None:
-    """Load a checkpoint into `run`, after checking it is this model's and this config's."""
-    check_compatible(run.model, payload)
+def _restore(run: _Run, payload: dict, config: TrainConfig, world: distributed.World,
+             data: ImageData) -> None:
+    """Load a checkpoint into `run`, after checking it is this config's, data's and model's.
+
+    In that order: a changed config explains a changed split, and changed classes explain a
+    changed network.
+    """
     _check_same_run(payload["config"], config)
+    _check_same_data(payload["data"], data.describe())
+    check_compatible(run.model, payload)
     run.model.load_state_dict(payload["model"])
     run.optimizer.load_state_dict(payload["optimizer"])
     if payload["scaler"]:  # empty when it was off: a run moved to fp16 starts a fresh scale
@@ -768,6 +788,29 @@ def _restore(run: _Run, payload: dict, config: TrainConfig, world: distributed.W
     if saved_batch != config.batch_size * world.size:
         n = len(run.train_loader.labels)
         run.step = round(run.step * len(run.train_loader) / max(1, n // saved_batch))
+
+
+def _check_work_left(run: _Run, config: TrainConfig, total_steps: int, budget_s: float | None,
+                     resume: str | Path) -> None:
+    """Refuse to resume a run that has nothing left to train.
+
+    Otherwise it would train no step, yet still move the output folder's checkpoint aside (when
+    resumed from another file) and report a checkpoint as saved.
+    """
+    if run.step >= total_steps:
+        epochs = f"{config.epochs} epoch{'s' * (config.epochs != 1)}"
+        done = (f"all {total_steps:,} steps of its {epochs}"
+                if config.max_steps is None or config.max_steps > run.step
+                else f"its --max-steps {config.max_steps:,}")
+        raise ConfigError(
+            f"nothing left to train: {resume} has done {done}. To train on, raise --epochs "
+            "(or --max-steps); the schedule is then laid over the new length, a warm restart. "
+            "For a schedule that ends at the new length, start a new run with more epochs.")
+    if budget_s is not None and run.train_seconds >= budget_s:
+        raise ConfigError(
+            f"nothing left to train: {resume} has used its whole budget "
+            f"({run.train_seconds / 60:.1f} of {budget_s / 60:g} minutes). To train on, raise "
+            "--budget-min.")
 
 
 def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
@@ -845,8 +888,7 @@ def _train_epoch(run: _Run, forward: nn.Module, plan: _Plan,
         lr = _learning_rate(run, plan, elapsed)
         loss, logits = _train_step(run, forward, x, y, lr, plan)
         with torch.no_grad():
-            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
-                                 torch.tensor(len(y), device=plan.device)])
+            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(), _count(y)])
         run.step += 1
         elapsed, stop = distributed.agree(plan.world,
                                           run.train_seconds + time.perf_counter() - t0,
@@ -1066,6 +1108,27 @@ def _table_row(row: dict | None) -> str:
 
 # Fields that may change between an interrupted run and its resumption (extending a run).
 _RESUMABLE_CHANGES = {"epochs", "budget_min", "max_steps"}
+
+
+# What makes a dataset the same one for a resumed run. Not its root (a copy may move) or its
+# statistics (they follow from the images).
+_DATA_IDENTITY = ("name", "source", "classes", "image_size", "n_train", "n_val", "seed")
+
+
+def _check_same_data(saved: dict, now: dict) -> None:
+    """Refuse to resume on other images: another source (synthetic stand-in, another copy),
+    classes, image size or split. The model would accept many of them without a word."""
+    def shown(key: str, value) -> str:
+        if key == "classes" and len(value) > 4:
+            return f"{len(value)} classes ({', '.join(value[:3])}, ...)"
+        return repr(value)
+
+    differ = [k for k in _DATA_IDENTITY if k in saved and saved[k] != now[k]]
+    if differ:
+        detail = ", ".join(f"{k}: {shown(k, saved[k])} -> {shown(k, now[k])}" for k in differ)
+        raise CheckpointError(f"cannot resume: the checkpoint was trained on other data "
+                              f"({detail}). Resume with the data the run trained on, or start "
+                              "a new run")
 
 
 def _check_same_run(saved: dict, config: TrainConfig) -> None:

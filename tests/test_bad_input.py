@@ -501,6 +501,25 @@ def test_resuming_a_kept_aside_checkpoint_keeps_the_current_one_too(synthetic, t
     assert T.read_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
 
 
+@pytest.mark.parametrize(("finished", "message"), [
+    (TINY_RUN, r"has done all 2 steps of its 1 epoch\. To train on, raise --epochs"),
+    (replace(TINY_RUN, epochs=3, budget_min=1e-6),
+     r"has used its whole budget \(0\.\d of 1e-06 minutes\)\. To train on, raise --budget-min"),
+])
+def test_resuming_a_finished_run_is_refused_and_moves_nothing(synthetic, tmp_path, finished,
+                                                              message):
+    """Resumed from a kept-aside file, a finished run would train no step, yet move the current
+    checkpoint aside and report one saved."""
+    train_on_cpu(synthetic, finished, out_dir=tmp_path)
+    train_on_cpu(synthetic, replace(finished, seed=5), out_dir=tmp_path)
+    [earlier] = tmp_path.glob("checkpoint-*.pt")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ConfigError, match=rf"nothing left to train: {re.escape(str(earlier))} "
+                                          rf"{message}"):
+        train_on_cpu(synthetic, finished, out_dir=tmp_path, resume=earlier)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_an_interrupted_save_leaves_no_partial_file_and_keeps_the_last_good_one(tmp_path,
                                                                                 monkeypatch):
     path = T.save_checkpoint(tmp_path / "checkpoint.pt", {"format": T.CHECKPOINT_FORMAT, "v": 1})
@@ -882,3 +901,4 @@ def test_library_raises_a_specific_error_naming_the_problem(call, error, message
                                                            recwarn):
     with pytest.raises(error, match=message):
         call(context)
+

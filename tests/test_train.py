@@ -1,5 +1,6 @@
 """inception.train: learning, determinism, exact resume, checkpoints and the schedule."""
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -153,8 +154,51 @@ def test_resume_into_a_different_model_is_a_clear_error(synthetic, tmp_path, cha
     train_on_cpu(synthetic, replace(TINY, epochs=1), out_dir=tmp_path)
     other = T.build_model("googlenet_cifar_small", **{"width": 0.125, **change})
     with pytest.raises(ValueError, match="checkpoint is for googlenet_cifar_small.*but the model"):
-        fit(other, synthetic, TINY, device="cpu", progress=False,
+        fit(other, synthetic, replace(TINY, epochs=1), device="cpu", progress=False,
             resume=tmp_path / "checkpoint.pt")
+
+
+@pytest.mark.parametrize(("change", "shown"), [
+    (dict(source="unofficial copy"), "source: 'synthetic' -> 'unofficial copy'"),
+    (dict(classes=[f"c{i}" for i in range(10)]),
+     "classes: 10 classes (airplane, automobile, bird, ...) -> 10 classes (c0, c1, c2, ...)"),
+])
+def test_resume_on_other_data_is_a_clear_error(synthetic, tmp_path, change, shown):
+    """The same network and recipe would train on other images without a word."""
+    train_on_cpu(synthetic, replace(TINY, epochs=1), out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"cannot resume: the checkpoint was trained on other "
+                                         rf"data \({re.escape(shown)}\)\. Resume with the data"):
+        train_on_cpu(replace(synthetic, **change), replace(TINY, epochs=1),
+                     resume=tmp_path / "checkpoint.pt")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="a host sync only exists with a GPU, and this machine has none")
+def test_the_training_steps_never_wait_for_the_gpu(synthetic, monkeypatch):
+    """Between an epoch's first step and its one read of the sums, nothing may make the CPU wait
+    for the GPU: CUDA's sync debug mode turns any such wait into an error. (fp32, because fp16's
+    GradScaler reads its inf check every step by design.)"""
+    steps, train_step, sum_over_ranks = [], T._train_step, T.distributed.sum_over_ranks
+
+    def strict_after_the_first(*args, **kwargs):  # the first step may set up cuDNN
+        steps.append(1)
+        torch.cuda.set_sync_debug_mode("error" if len(steps) > 1 else "default")
+        return train_step(*args, **kwargs)
+
+    def relaxed(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode("default")
+        return sum_over_ranks(*args, **kwargs)
+
+    monkeypatch.setattr(T, "_train_step", strict_after_the_first)
+    monkeypatch.setattr(T.distributed, "sum_over_ranks", relaxed)
+    config = replace(TINY, epochs=1, precision="fp32")
+    torch.manual_seed(config.seed)
+    try:
+        fit(config.build_model(len(synthetic.classes)), synthetic, config, device="cuda",
+            progress=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(steps) == 4
 
 
 def test_a_checkpoint_from_before_transform_input_still_fits_its_model(tmp_path):

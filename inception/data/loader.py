@@ -128,7 +128,8 @@ class DeviceLoader:
         return cutout(x, self.cutout_size, self.generator, share) if self.cutout_size else x
 
     def state_dict(self) -> dict:
-        """The shuffling/augmentation RNG state, so a resumed run draws the same batches."""
+        """The shuffling/augmentation RNG state, so a run resumed at an epoch's end draws the
+        batches an uninterrupted run would (the position within an epoch is not kept)."""
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
