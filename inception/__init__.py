@@ -9,6 +9,7 @@ from inception.errors import (
     CheckpointNotFoundError,
     ConfigError,
     DatasetError,
+    DistributedError,
     InceptionError,
     ModelInputError,
     TrainingError,
@@ -48,7 +49,7 @@ from inception.weights import (
 __all__ = [
     "CifarData", "DatasetError", "DeviceLoader", "ImageData", "load_cifar", "load_folder",
     "InceptionError", "ConfigError", "CheckpointError", "CheckpointNotFoundError",
-    "ModelInputError", "TrainingError", "WeightsError", "WeightsNotFoundError",
+    "ModelInputError", "TrainingError", "WeightsError", "WeightsNotFoundError", "DistributedError",
     "INCEPTION_TABLE", "MODELS", "ConvBNReLU", "GoogLeNet", "GoogLeNetOutputs", "Inception",
     "InceptionAux", "build_model", "count_parameters", "fold_batchnorm", "list_models",
     "choose_precision", "default_device", "describe_runtime", "quick_mode", "seed_everything",

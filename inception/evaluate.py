@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from inception.data import DeviceLoader, ImageData
+from inception.errors import ConfigError, ModelInputError
 from inception.explain import BRANCHES, branch_path, forward_hooks
 from inception.model import Inception, fold_batchnorm, out_channels
 from inception.runtime import (
@@ -78,16 +79,23 @@ def predict(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Sequence[
     its horizontal mirror.
     """
     if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(f"predict wants uint8 images (N, C, H, W), got {images.dtype} "
-                         f"{tuple(images.shape)}")
+        raise ModelInputError(f"predict wants uint8 images (N, C, H, W), got {images.dtype} "
+                              f"{tuple(images.shape)}")
+    channels = getattr(model, "arch", {}).get("in_channels", len(mean))
+    if images.shape[1] != channels or len(mean) != channels:
+        raise ModelInputError(
+            f"predict got images with {images.shape[1]} channel(s) and a mean of {len(mean)} "
+            f"value(s) for a model of {channels} input channels: convert the images to "
+            f"{'RGB' if channels == 3 else f'{channels} channels'} (for a grey batch, "
+            "images.expand(-1, 3, -1, -1)) and pass one mean and std per channel")
     if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        raise ModelInputError(f"{len(images)} images but {len(labels)} labels")
     if len(images) == 0:
-        raise ValueError("predict got no images")
+        raise ModelInputError("predict got no images")
     device = resolve_device(device)
     batch_size = eval_batch_size(device) if batch_size is None else batch_size
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
     dtype = autocast_dtype(choose_precision(device, precision))
     model.to(device)
     if channels_last:

@@ -380,6 +380,11 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# The GoogLeNet arguments build_model passes through as overrides.
+_OVERRIDABLE = ("in_channels", "dropout", "dropout_aux", "width", "stem", "five_by_five",
+                "transform_input")
+
+
 def build_model(name: str, *, num_classes: int | None = None, aux_logits: bool | None = None,
                 weights: str | None = None, **overrides) -> GoogLeNet:
     """Build a registered GoogLeNet by name; keyword overrides replace the registry's settings.
@@ -394,6 +399,10 @@ def build_model(name: str, *, num_classes: int | None = None, aux_logits: bool |
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    unknown = sorted(set(overrides) - set(_OVERRIDABLE))
+    if unknown:  # with weights, a misspelt width would otherwise be ignored without a word
+        raise ConfigError(f"build_model got unknown argument(s) {', '.join(unknown)}; it "
+                          f"takes num_classes, aux_logits, weights and {', '.join(_OVERRIDABLE)}")
     kwargs = {**MODELS[name].kwargs, **overrides}
     if weights is None:
         model = GoogLeNet(num_classes=10 if num_classes is None else num_classes,

@@ -103,7 +103,7 @@ def runs_natively(precision: str, device: torch.device | str, *,
         if device_type == "cpu":
             return cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16
         return False
-    raise ValueError(f"precision must be one of {PRECISIONS[1:]}, got {precision!r}")
+    raise ConfigError(f"precision must be one of {PRECISIONS[1:]}, got {precision!r}")
 
 
 def choose_precision(device: torch.device | str, requested: str = "auto", *,
@@ -117,10 +117,11 @@ def choose_precision(device: torch.device | str, requested: str = "auto", *,
     which autocast does not support there. The keyword arguments are `runs_natively`'s.
     """
     if requested not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {requested!r}")
     if requested != "auto":
         if requested == "fp16" and torch.device(device).type == "cpu":
-            raise ValueError("fp16 autocast is for CUDA; on the CPU use 'bf16' or 'fp32'")
+            raise ConfigError("fp16 autocast is for CUDA; on the CPU use precision 'bf16' or "
+                              "'fp32' (or 'auto', which picks the faster of the two)")
         return requested
     return next(p for p in ("bf16", "fp16", "fp32")
                 if runs_natively(p, device, cuda_capability=cuda_capability, cpu_bf16=cpu_bf16))

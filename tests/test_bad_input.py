@@ -902,3 +902,20 @@ def test_library_raises_a_specific_error_naming_the_problem(call, error, message
     with pytest.raises(error, match=message):
         call(context)
 
+
+def test_every_error_class_is_exported_and_named_in_the_readme():
+    """The README's list of error types is what users catch: each must exist as
+    `inception.<Name>`, and no type the package raises may be missing from it."""
+    import inception
+    import inception.errors as E
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listed = re.search(r"`inception.InceptionError` subclasses with the same messages: "
+                       r"((?:`\w+`(?:, )?)+)\.", " ".join(readme.split("\n"))).group(1)
+    named = set(re.findall(r"`(\w+)`", listed))
+    defined = {name for name, obj in vars(E).items() if isinstance(obj, type)
+               and issubclass(obj, E.InceptionError) and obj is not E.InceptionError}
+    direct = {name for name in defined if getattr(E, name).__bases__[0] is E.InceptionError}
+    assert named == direct, "README's error list and errors.py differ"
+    assert all(getattr(inception, name) is getattr(E, name) for name in defined)
+    assert defined <= set(inception.__all__)
+

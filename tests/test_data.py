@@ -323,3 +323,19 @@ def test_loader_rejects_float_images():
     with pytest.raises(ValueError, match="uint8"):
         DeviceLoader(torch.zeros(4, 3, 32, 32), torch.zeros(4), batch_size=2, mean=(0,) * 3,
                      std=(1,) * 3)
+
+
+@pytest.mark.parametrize(("limits", "message"), [
+    (dict(train_limit=-1), "train_limit must be a whole number of images, at least 1, .* -1"),
+    (dict(train_limit=0), "train_limit must be .* at least 1, .* got 0"),
+    (dict(eval_limit=-5), "eval_limit must be .* at least 0, .* got -5"),
+    (dict(train_limit=2.5), "train_limit must be a whole number .* got 2.5"),
+])
+def test_limits_that_a_slice_would_misread_are_refused(limits, message, tmp_path):
+    """[:-1] would keep all but the last image, and [:0] none, without a word."""
+    from inception.data import load_folder
+    with pytest.raises(inception.ConfigError, match=message):
+        load_cifar(source="synthetic", **limits)
+    with pytest.raises(inception.ConfigError, match=message):
+        load_folder(tmp_path / "no_folder_needed", **limits)  # checked before it is read
+

@@ -163,6 +163,20 @@ def test_predict_restores_each_submodules_training_mode():
     assert not any(m.training for m in model.modules())
 
 
+@pytest.mark.parametrize("channels", [1, 4])
+def test_predict_names_images_that_are_not_rgb(channels):
+    """Grey or RGBA images would otherwise fail deep in the loader, about the mean."""
+    from inception.errors import ModelInputError
+    from inception.model import build_model
+    model = build_model("googlenet_cifar_small", width=0.125, aux_logits=False)
+    images = torch.zeros(2, channels, 32, 32, dtype=torch.uint8)
+    with pytest.raises(ModelInputError, match=rf"images with {channels} channel\(s\) and a mean "
+                                              r"of 3 value\(s\) for a model of 3 input channels: "
+                                              "convert the images to RGB"):
+        predict(model, images, torch.zeros(2, dtype=torch.long), mean=(0.5,) * 3,
+                std=(0.25,) * 3, device="cpu")
+
+
 def test_evaluate_numbers_agree_with_each_other_on_synthetic_data(synthetic):
     report = evaluate(_tiny_model(), synthetic, "val", tta=True, batch_size=10, device="cpu")
     n = len(synthetic.val_labels)

@@ -212,6 +212,10 @@ def test_unknown_names_and_arguments_are_rejected():
         build_model("googlenet_tiny")
     with pytest.raises(ValueError, match="stem must be one of"):
         build_model("googlenet", stem="resnet")
+    for weights in (None, "cifar10"):  # with weights it would otherwise be ignored
+        with pytest.raises(ValueError, match="unknown argument.* widht; it takes num_classes, "
+                                             "aux_logits, weights and in_channels, dropout"):
+            build_model("googlenet_cifar_small", weights=weights, widht=0.25)
 
 
 def test_fold_batchnorm_computes_the_same_function_and_leaves_the_original_alone():

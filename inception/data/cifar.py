@@ -27,10 +27,11 @@ from inception.data.dataset import (
     ImageData,
     _relative,
     channel_stats,
+    check_limits,
     default_root,
     split_indices,
 )
-from inception.errors import DatasetError
+from inception.errors import ConfigError, DatasetError
 from inception.runtime import quick_mode, reachable
 
 # Published per-channel statistics of the official training sets (RGB, pixel values in [0, 1]).
@@ -58,9 +59,10 @@ def load_cifar(name: str = "cifar10", root: str | Path | None = None, *, source:
     keep only the first images of the training and of the validation/test splits.
     """
     if name not in _TORCHVISION:
-        raise ValueError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
+        raise ConfigError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
     if source not in ("auto", "synthetic"):
-        raise ValueError(f"source must be 'auto' or 'synthetic', got {source!r}")
+        raise ConfigError(f"source must be 'auto' or 'synthetic', got {source!r}")
+    check_limits(train_limit, eval_limit)
     from_env = root is None and bool(os.environ.get("INCEPTION_DATA"))
     root = Path(root).expanduser() if root is not None else default_root()
     spec = _TORCHVISION[name]

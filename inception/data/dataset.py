@@ -109,7 +109,7 @@ class ImageData:
     def split(self, split: str) -> tuple[Tensor, Tensor]:
         """The (images, labels) of 'train', 'val' or 'test'."""
         if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+            raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r}")
         return getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
 
     def describe(self) -> dict:
@@ -140,6 +140,16 @@ def default_root() -> Path:
     return Path.cwd() / "data"
 
 
+def check_limits(train_limit: int | None, eval_limit: int | None) -> None:
+    """The loaders' image limits, checked as TrainConfig checks them. A slice would take -1
+    as "all but the last image", and 0 training images as an empty split."""
+    for name, value, least in (("train_limit", train_limit, 1), ("eval_limit", eval_limit, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < least):
+            raise ConfigError(f"{name} must be a whole number of images, at least {least}, or "
+                              f"None for all of them; got {value!r}")
+
+
 def split_indices(n: int, held_out: Sequence[int], seed: int = 0) -> list[Tensor]:
     """Seeded disjoint parts of range(n): one of each size in `held_out`, then the rest.
 
@@ -162,7 +172,8 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
     ~20x faster than summing 138 million pixels as floats for the CIFAR-10 training split.
     """
     if images.numel() == 0:
-        raise ValueError("channel_stats needs at least one image (is train_limit 0?)")
+        raise ValueError("channel_stats needs at least one image, and got none: is the "
+                         "training split empty?")
     levels = torch.arange(256, dtype=torch.float64) / 255
     counts = torch.stack([torch.bincount(images[:, c].reshape(-1), minlength=256)
                           for c in range(images.shape[1])]).to(torch.float64)

@@ -35,7 +35,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.io import ImageReadMode, decode_image
 from tqdm import tqdm
 
-from inception.data.dataset import ImageData, channel_stats, split_indices
+from inception.data.dataset import ImageData, channel_stats, check_limits, split_indices
 from inception.errors import ConfigError, DatasetError
 from inception.runtime import save_atomically
 
@@ -143,6 +143,7 @@ def load_folder(path: str | Path, *, image_size: int = 128, seed: int = 0,
     """
     root = Path(path).expanduser()
     _check_arguments(image_size, val_fraction, test_fraction)
+    check_limits(train_limit, eval_limit)
     listing = _list_files(root)
     _check_memory(listing.count(), image_size, root)
     decoded = _cached_decode(listing, image_size) if cache else None
