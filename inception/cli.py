@@ -18,10 +18,13 @@ import io
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -30,7 +33,7 @@ import torch
 
 from inception import distributed
 from inception.data import SMALL_SIDE, default_crop, load_cifar, load_folder
-from inception.errors import ConfigError, InceptionError
+from inception.errors import ConfigError, DatasetError, InceptionError
 from inception.model import MODELS, list_models
 from inception.runtime import brief_warnings, describe_runtime, resolve_device, seed_everything
 from inception.train import (
@@ -48,7 +51,9 @@ from inception.weights import (
     TorchvisionWeights,
     export_weights,
     get_weights,
+    known_weights,
     verify,
+    weights_owner,
     write_record,
 )
 
@@ -153,9 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", type=Path, nargs="?", help="path to checkpoint.pt")
     evaluate.add_argument("--weights", metavar="NAME",
                           help="evaluate packaged weights instead, e.g. cifar10")
-    evaluate.add_argument("--model", default="googlenet_cifar_small",
-                          help="the model whose --weights to evaluate "
-                               "(default: googlenet_cifar_small)")
+    evaluate.add_argument("--model", help="the network whose --weights to evaluate, when "
+                          "several ship weights of that name")
     evaluate.add_argument("--tta", action="store_true", help="average with horizontal flips")
     evaluate.add_argument("--split", default="test", choices=["test", "val"],
                           help="which split to score (default: test)")
@@ -344,7 +348,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     if (args.checkpoint is None) == (args.weights is None):
         raise ConfigError("name a checkpoint file or --weights NAME (one of the two), e.g. "
                           "python -m inception evaluate --weights cifar10")
+    if args.model is not None and args.weights is None:
+        raise ConfigError("--model picks the network of --weights; a checkpoint names its own "
+                          "network, so drop --model")
     if args.weights is not None:
+        args.model = weights_owner(args.weights, args.model) or args.model
+        if args.model is None:
+            raise ConfigError(f"no pretrained weights named {args.weights!r}; known weights: "
+                              f"{known_weights()}")
         weights = get_weights(args.model, args.weights)
         if isinstance(weights, TorchvisionWeights):
             raise ConfigError(f"{args.model}/{args.weights} are torchvision's weights, scored on "
@@ -413,8 +424,12 @@ def _data_of(recorded: dict, root: Path | None):
     For an image folder, `root` (--data) points at the folder if it has moved since training.
     """
     if recorded["source"] == "image folder":
-        data = load_folder(root or recorded["root"], seed=recorded["seed"],
-                           **recorded["load_args"])
+        folder = Path(root or recorded["root"])
+        if not folder.is_dir():
+            raise DatasetError(f"the checkpoint was trained on the image folder "
+                               f"{recorded['root']}, and {folder} is not a folder here: point "
+                               "--data at where that folder is now")
+        data = load_folder(folder, seed=recorded["seed"], **recorded["load_args"])
     elif recorded["source"] == "synthetic":  # regenerate exactly the stand-in it was trained on
         data = load_cifar(recorded["name"], source="synthetic", seed=recorded["seed"],
                           train_limit=recorded["n_train"], eval_limit=recorded["n_test"])
@@ -440,6 +455,25 @@ def _preset_of(config: dict) -> str:
     name = min(PRESETS, key=lambda n: len(changes(n)))
     changed = changes(name)
     return name + (" with " + ", ".join(f"{k}={v}" for k, v in changed.items()) if changed else "")
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold a Ctrl-C until the block has run, then raise it: for steps that go together.
+
+    Signal handlers belong to the main thread; elsewhere the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -475,8 +509,9 @@ def _export(args: argparse.Namespace) -> None:
             device=meta["device"], torch=torch.__version__,
             file_bytes=staged.stat().st_size, **extra))
         out = args.into / staged.name
-        os.replace(staged, out)
-        os.replace(record, out.with_suffix(".json"))
+        with _ctrl_c_held():  # new weights beside the old record would fail their sha256
+            os.replace(staged, out)
+            os.replace(record, out.with_suffix(".json"))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) and {out.with_suffix('.json')}")

@@ -1,8 +1,9 @@
 """Figures for the course: architecture, data, augmentation, training curves and error analysis.
 
 Owns drawing only, every data figure titled with its data source; it never trains or evaluates
-(the network diagram runs one blank image through a model, only to trace its shapes). No other
-package module imports it, and figures live outside pyplot, so a notebook shows each once.
+(the network diagram runs one blank image through a model, only to trace its shapes). Only the
+command line's `evaluate` imports it, inside the command, so training never needs matplotlib;
+figures live outside pyplot, so a notebook shows each once.
 """
 
 from __future__ import annotations

@@ -63,6 +63,13 @@ def _fails_with(argv, message, error, capsys):
      CheckpointNotFoundError),
     (["evaluate", "--device", "cpu"], "name a checkpoint file or --weights NAME (one of the two)",
      ConfigError),
+    (["evaluate", "--weights", "imagenet", "--device", "cpu"],  # its own network, not the default
+     "googlenet/imagenet are torchvision's weights, scored on ImageNet", ConfigError),
+    (["evaluate", "--weights", "cifar11", "--device", "cpu"],
+     "no pretrained weights named 'cifar11'; known weights: cifar10 (googlenet_cifar_small)",
+     ConfigError),
+    (["evaluate", "ckpt.pt", "--model", "googlenet", "--device", "cpu"],
+     "a checkpoint names its own network, so drop --model", ConfigError),
     (["predict", "ckpt.pt", "a.jpg", "--csv", "{tmp}", "--device", "cpu"],
      "is a folder: name a file", ConfigError),
     (["export", "ckpt.pt", "--name", "x", "--set", "commit"], "--set takes KEY=VALUE",
@@ -127,6 +134,20 @@ def test_train_on_an_image_folder_picks_the_stem_by_size_then_evaluates(tmp_path
     printed = capsys.readouterr().out
     assert "model: googlenet_cifar_small (the preset's, with the cifar16 stem" in printed
     assert "shifted by up to 4 px" in printed
+
+
+def test_evaluate_finds_a_moved_image_folder_with_data(tmp_path, capsys):
+    folder = write_tiny_folder(tmp_path / "bugs", per_class=20, height=32, width=32)
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "quick", "--dataset", str(folder), "--image-size", "32",
+                 "--max-steps", "1", "--out", str(out), "--device", "cpu"]) == 0
+    moved = folder.rename(tmp_path / "bugs_moved")
+    _fails_with(["evaluate", str(out / "checkpoint.pt"), "--device", "cpu"],
+                f"trained on the image folder {folder}, and {folder} is not a folder here: "
+                "point --data at where that folder is now", DatasetError, capsys)
+    assert main(["evaluate", str(out / "checkpoint.pt"), "--data", str(moved),
+                 "--device", "cpu"]) == 0
+    assert "(4 images" in capsys.readouterr().out
 
 
 def test_train_says_which_augmentations_the_images_get(tmp_path, capsys, monkeypatch):

@@ -1,8 +1,11 @@
 """Packaged weights: the API in torchvision's manner, integrity checks, and their accuracy."""
 
 import json
+import os
 import shutil
+import signal
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,6 +195,22 @@ def test_cli_export_measures_the_exported_file_and_evaluate_reads_packaged_weigh
     assert {p.name: p.read_bytes() for p in tmp_path.glob(f"{MODEL}-toy.*")} == pair
     assert not list(tmp_path.glob(".export-*")), "the staging folder is removed"
     monkeypatch.undo()
+    # Ctrl-C between the two renames is held until both are done: never new weights beside
+    # the old record.
+    real_replace = os.replace
+
+    def ctrl_c_after_the_weights(src, dst):
+        real_replace(src, dst)
+        if Path(dst) == tmp_path / f"{MODEL}-toy.pt":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", ctrl_c_after_the_weights)
+    assert main(["export", str(run / "checkpoint.pt"), "--name", "toy", "--into",
+                 str(tmp_path), "--set", "commit=ghi789"]) == 130
+    monkeypatch.undo()
+    record = json.loads((tmp_path / f"{MODEL}-toy.json").read_text())
+    assert record["commit"] == "ghi789"
+    assert record["sha256"] == W.sha256(tmp_path / f"{MODEL}-toy.pt")
     monkeypatch.setattr(W, "PRETRAINED_DIR", tmp_path)
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", "--weights", "toy", "--limit", "100"]) == 0
