@@ -370,10 +370,11 @@ MODELS: dict[str, ModelSpec] = {
     "googlenet_cifar": ModelSpec(
         "Paper channels (Table 1) with the stride-1 CIFAR stem, for 32x32 input.",
         dict(stem="cifar", width=1.0)),
-    # Every layer and branch of the paper, with the paper's stem in miniature (stage 3 at 16x16,
-    # as the paper's is at 28x28 of 224) and half the channels: 1/15 of googlenet_cifar's
-    # compute and 1.5M parameters. On a 2-core AVX2 CPU it trains at ~110 img/s against
-    # googlenet_cifar's ~8; the packaged CIFAR-10 reference weights are for this network.
+    # Every layer and branch of the paper, with the paper's stem in miniature (one 2x downsample
+    # where the paper has 8x: stages at 16/8/4, as the paper's at 28/14/7) and half the channels:
+    # 1/15 of googlenet_cifar's compute and 1.5M parameters. On a 2-core AVX2 CPU it trains at
+    # ~110 img/s against googlenet_cifar's ~8; the packaged CIFAR-10 reference weights are for
+    # this network.
     "googlenet_cifar_small": ModelSpec(
         "Paper topology, 16x16 stage 3 (cifar16 stem), half width: ~1/15 of the compute.",
         dict(stem="cifar16", width=0.5)),
