@@ -266,14 +266,15 @@ def _train(args: argparse.Namespace) -> None:
                                    **({} if args.image_size is None
                                       else {"image_size": args.image_size}))
         print(f"data: {data!r}")
-        config, why = _choose_model(config, args.model, data.image_size, args.init_from)
+        config, why = _choose_model(config, args.model, data.image_size, args.init_from,
+                                    resume)
         crop = ("the paper's random-area crop, resized back"
                 if default_crop(min(data.image_size)) == "resized"
                 else f"shifted by up to {config.crop_padding} px")
         cutout = f", {config.cutout}x{config.cutout} px cut out" if config.cutout else ""
         print(f"model: {config.model}{why} | training images: {crop}, flipped{cutout}")
         seed_everything(config.seed)  # the initial weights come from the seed, not only the data
-        model = config.build_model(len(data.classes))
+        model = config.build_model(len(data.classes), resume)
         result = fit(model, data, config, device=device, out_dir=args.out, resume=resume)
         if world.is_main:
             result.history.to_csv(args.out / "history.csv", index=False)
@@ -309,16 +310,20 @@ def _with_transfer(config, args: argparse.Namespace):
 
 
 def _choose_model(config, model: str | None, image_size: tuple[int, int],
-                  init_from: str | None = None):
+                  init_from: str | None = None, resume: Path | None = None):
     """The config with the model to train, and why it was chosen (for the run header).
 
-    Pretrained weights (--init-from) decide the network. Otherwise small images keep the
-    preset's CIFAR-stem network; larger ones get `googlenet`, whose ImageNet stem (7x7/2 conv
-    and two max-pools) shrinks them 8x before the first Inception module, as the paper does at
-    224 px.
+    Pretrained weights (--init-from) decide the network; a resumed transfer run reads it from
+    its own checkpoint, so the --init-from file may have moved since. Otherwise small images
+    keep the preset's CIFAR-stem network; larger ones get `googlenet`, whose ImageNet stem
+    (7x7/2 conv and two max-pools) shrinks them 8x before the first Inception module, as the
+    paper does at 224 px.
     """
     if model is not None:
         return replace(config, model=model), " (--model)"
+    if init_from is not None and resume is not None:
+        return (replace(config, model=find_pretrained(str(resume)).model),
+                f" (as in the resumed checkpoint, which began from {init_from})")
     if init_from is not None:
         pretrained = find_pretrained(init_from)
         return replace(config, model=pretrained.model), f" (from {pretrained.describe()})"

@@ -104,16 +104,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         validate_config(self)
 
-    def build_model(self, num_classes: int) -> GoogLeNet:
+    def build_model(self, num_classes: int, resume: str | Path | None = None) -> GoogLeNet:
         """The model this config trains, freshly initialised.
 
         With `init_from` it has the pretrained network's shape (checked against `model` and
         `width`) and `num_classes` outputs; `fit` copies the weights in, unless it resumes.
         Aux heads are built only when nothing is frozen: they exist to push gradient into the
-        early layers, which a frozen trunk does not take.
+        early layers, which a frozen trunk does not take. Pass the checkpoint a transfer run
+        resumes from as `resume`: the shape is then read from it, so the `init_from` file may
+        have moved or gone since the run began.
         """
         if self.init_from is not None:
-            pretrained = find_pretrained(self.init_from, self.model)
+            pretrained = find_pretrained(_shape_source(self, resume), self.model)
             check_config_fits(pretrained, self.model, self.width)
             return transfer_model(pretrained, num_classes, aux_logits=self.freeze is None)
         overrides = {} if self.width is None else {"width": self.width}
@@ -685,7 +687,7 @@ def _start_transfer(model: nn.Module, data: ImageData, config: TrainConfig,
     `data` normalised with the pretrained weights' statistics (`normalised_as_pretrained`)."""
     if config.init_from is None:
         return (), None, data
-    pretrained = find_pretrained(config.init_from, config.model)
+    pretrained = find_pretrained(_shape_source(config, resume), config.model)
     check_config_fits(pretrained, config.model, config.width)
     data = normalised_as_pretrained(data, pretrained)
     if resume is None:
@@ -702,6 +704,13 @@ def _start_transfer(model: nn.Module, data: ImageData, config: TrainConfig,
              f"{tuple(round(m, 3) for m in data.mean)} and std "
              f"{tuple(round(v, 3) for v in data.std)}")
     return frozen, line, data
+
+
+def _shape_source(config: TrainConfig, resume: str | Path | None) -> str:
+    """Where a transfer run's network shape and input statistics come from: `init_from`, or
+    on a resume the checkpoint itself, which holds the same network (its own classes and aux
+    heads, which `transfer_model` sets anyway) and was normalised with the same statistics."""
+    return config.init_from if resume is None else str(resume)
 
 
 def _build_loaders(data: ImageData, config: TrainConfig, device: torch.device,

@@ -230,3 +230,38 @@ def test_resumed_transfer_run_continues_from_its_checkpoint(three_classes, tmp_p
     assert resumed.history.epoch.tolist() == [1, 2]
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resumed_transfer_run_no_longer_needs_the_checkpoint_it_began_from(three_classes,
+                                                                           tmp_path,
+                                                                           monkeypatch):
+    """The resumed checkpoint holds the network's shape and statistics, so the file named by
+    init_from may have been moved or deleted since the run began."""
+    other_images = load_cifar(source="synthetic", train_limit=32, eval_limit=8, seed=1)
+    start = train_on_cpu(other_images, TrainConfig(width=0.125, epochs=1, batch_size=8,
+                                                   eval_limit=0),
+                         out_dir=tmp_path / "start").checkpoint
+    config = replace(TINY, init_from=str(start), freeze="inception3b", epochs=2)
+    straight = train_on_cpu(three_classes, config)
+    real_save = T.save_checkpoint
+
+    def crash_after_epoch_1(path, payload):
+        real_save(path, payload)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "save_checkpoint", crash_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_on_cpu(three_classes, config, out_dir=tmp_path / "run")
+    monkeypatch.undo()
+    start.rename(tmp_path / "elsewhere.pt")
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    model = config.build_model(3, resume=checkpoint)
+    resumed = fit(model, three_classes, config, device="cpu", progress=False,
+                  out_dir=tmp_path / "run", resume=checkpoint)
+    assert resumed.history.epoch.tolist() == [1, 2]
+    assert resumed.mean == straight.mean == other_images.mean != three_classes.mean
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(CheckpointNotFoundError):  # without resume it is still needed
+        config.build_model(3)
+
