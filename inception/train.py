@@ -28,7 +28,13 @@ from tqdm import tqdm
 
 from inception import distributed
 from inception.data import DeviceLoader, ImageData
-from inception.errors import CheckpointError, CheckpointNotFoundError, ConfigError, TrainingError
+from inception.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    ConfigError,
+    TrainingError,
+    first_line,
+)
 from inception.model import MODELS, GoogLeNet, build_model, count_parameters, fold_batchnorm
 from inception.runtime import (
     autocast_dtype,
@@ -345,7 +351,9 @@ class ModelEMA:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         ema_params = list(self.module.parameters())
         torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - d)
-        torch._foreach_copy_(list(self.module.buffers()), list(model.buffers()))  # one call
+        buffers = list(self.module.buffers())
+        if buffers:  # one call for all of them (foreach ops refuse an empty list)
+            torch._foreach_copy_(buffers, list(model.buffers()))
 
 
 def _count(y: torch.Tensor) -> torch.Tensor:
@@ -428,12 +436,6 @@ def resume_hint(path: str | Path) -> str:
             "run that wrote it")
 
 
-def _first_line(err: BaseException) -> str:
-    """The first line of an exception's message, or its type when the message is empty."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-
-
 def require_checkpoint_file(path: str | Path) -> Path:
     """`path` if it is a non-empty file; otherwise an error that says where to look instead.
 
@@ -455,7 +457,7 @@ def read_checkpoint(path: str | Path, map_location=None) -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, foreign pickle, objects weights_only refuses
-        raise CheckpointError(f"{path} is not a readable checkpoint ({_first_line(err)}). "
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first_line(err)}). "
                               "It may be truncated or not from this package; only load "
                               "checkpoints you trust.") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -502,7 +504,7 @@ def load_checkpoint(path: str | Path, map_location=None) -> tuple[GoogLeNet, dic
         model.load_state_dict(payload["ema"] if payload["ema"] is not None else payload["model"])
     except (ConfigError, TypeError, RuntimeError) as err:  # a damaged or hand-edited file
         raise CheckpointError(f"{path} describes a network that cannot be rebuilt "
-                              f"({_first_line(err)}); it is damaged or not from this "
+                              f"({first_line(err)}); it is damaged or not from this "
                               "package: use another checkpoint") from None
     model.name = payload["model_name"]
     meta = {k: payload[k] for k in ("config", "data", "epoch", "step", "train_seconds",
