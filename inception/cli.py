@@ -33,7 +33,7 @@ import torch
 
 from inception import distributed
 from inception.data import SMALL_SIDE, default_crop, load_cifar, load_folder
-from inception.errors import ConfigError, DatasetError, InceptionError
+from inception.errors import ConfigError, DatasetError, InceptionError, first_line
 from inception.model import MODELS, list_models
 from inception.runtime import brief_warnings, describe_runtime, resolve_device, seed_everything
 from inception.train import (
@@ -554,13 +554,12 @@ def _interrupted(args: argparse.Namespace, started: float) -> str:
 
 def _error_message(err: Exception) -> str:
     """One or two lines for the user: the problem and the fix, or the bug and how to report it."""
-    lines = str(err).strip().splitlines() or [type(err).__name__]
     if isinstance(err, InceptionError | ValueError | OSError):
-        return f"error: {lines[0]}"
+        return f"error: {first_line(err, typed=False)}"
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
         return ("error: out of memory: use a smaller preset (or batch_size), or close what "
                 "else is using the memory")
-    return (f"error: unexpected {type(err).__name__}: {lines[0]}\n"
+    return (f"error: unexpected {first_line(err)}\n"
             "this looks like a bug in inception: rerun with --debug and report the traceback")
 
 

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from inception.errors import ConfigError, DistributedError
+from inception.errors import ConfigError, DistributedError, first_line
 
 # How long a rank waits in a collective for the others before it gives up. A rank that dies is
 # noticed at once (its sockets close), and torchrun stops the other ranks on its own node within
@@ -253,9 +253,9 @@ def collective_errors(world: World, saved: str) -> Iterator[None]:
     except Exception as err:
         if not (world.parallel and _is_collective_failure(err)):
             raise
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DistributedError(
-            f"rank {world.rank} of {world.size} lost the other ranks ({detail[:200]}): another "
+            f"rank {world.rank} of {world.size} lost the other ranks "
+            f"({first_line(err, typed=False, limit=200)}): another "
             f"rank crashed, was stopped, or did not answer for {world.timeout_s:.0f} s. Its "
             f"own error is in its output (torchrun names the rank that failed first). "
             f"{saved}") from None

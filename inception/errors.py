@@ -48,3 +48,14 @@ class TrainingError(InceptionError, RuntimeError):
 
 class DistributedError(InceptionError, RuntimeError):
     """Data-parallel training lost a rank: it crashed, hung or was stopped; the message says so."""
+
+
+def first_line(err: BaseException, *, typed: bool = True, limit: int | None = None) -> str:
+    """The first line of an exception's message (at most `limit` characters), for quoting it
+    inside one of ours; prefixed with its type when `typed`, and the type alone when empty."""
+    lines = str(err).strip().splitlines()
+    if not lines:
+        return type(err).__name__
+    line = lines[0][:limit]
+    return f"{type(err).__name__}: {line}" if typed else line
+

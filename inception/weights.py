@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.hub import HASH_REGEX
 from torchvision.models import GoogLeNet_Weights, WeightsEnum
 
-from inception.errors import ConfigError, WeightsError, WeightsNotFoundError
+from inception.errors import ConfigError, WeightsError, WeightsNotFoundError, first_line
 from inception.model import GoogLeNet, build_model
 from inception.runtime import reachable
 
@@ -180,7 +180,7 @@ def _load_from_hub(weights: TorchvisionWeights, progress: bool) -> dict:
         return weights.source.get_state_dict(progress=progress, check_hash=True,
                                              map_location="cpu", weights_only=True)
     except Exception as err:  # no network, a refused or broken download, an unreadable file
-        reason = _first_line(err)
+        reason = first_line(err, typed=False)
         if weights.path.is_file():
             raise WeightsError(f"{weights.path} cannot be read ({reason}): delete it, and the next "
                                f"use downloads it again from {url}") from err
@@ -231,11 +231,6 @@ def _check_fits(state: dict, weights: TorchvisionWeights) -> None:
             f"{weights.path} does not fit {weights.model} as torchvision builds it for its "
             f"{weights.name} weights: {'; '.join(problems)}. Delete it, and the next use "
             "downloads it again")
-
-
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def sha256(path: str | Path) -> str:

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torchvision
 
+import inception.train as T
 import inception.weights as W
 from inception.data import default_root, load_cifar
 from inception.train import fit
@@ -81,6 +82,21 @@ def train_on_cpu(data, config, *, progress: bool = False, **kwargs):
     torch.manual_seed(config.seed)
     model = config.build_model(len(data.classes))
     return fit(model, data, config, device="cpu", progress=progress, **kwargs)
+
+
+def train_until_stopped_after_epoch(epoch: int, data, config, out_dir, monkeypatch) -> None:
+    """Train as if the user pressed Stop right after `epoch`'s checkpoint was written."""
+    real_save = T.save_checkpoint
+
+    def stop_after(path, payload):
+        real_save(path, payload)
+        if payload["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "save_checkpoint", stop_after)
+    with pytest.raises(KeyboardInterrupt):
+        train_on_cpu(data, config, out_dir=out_dir)
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
 
 
 @pytest.fixture(scope="module")

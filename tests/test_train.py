@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import RunsCode, train_on_cpu
+from conftest import RunsCode, train_on_cpu, train_until_stopped_after_epoch
 
 import inception.runtime
 import inception.train as T
@@ -65,26 +65,11 @@ def test_a_run_cut_short_mid_epoch_and_extended_ends_on_its_last_step(synthetic,
     assert result.history.lr.iloc[-1] == pytest.approx(planned.history.lr.iloc[-1])
 
 
-def _train_until_stopped_after_epoch(epoch: int, data, config, out_dir, monkeypatch) -> None:
-    """Train as if the user pressed Stop right after `epoch`'s checkpoint was written."""
-    real_save = T.save_checkpoint
-
-    def stop_after(path, payload):
-        real_save(path, payload)
-        if payload["epoch"] == epoch:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(T, "save_checkpoint", stop_after)
-    with pytest.raises(KeyboardInterrupt):
-        train_on_cpu(data, config, out_dir=out_dir)
-    monkeypatch.setattr(T, "save_checkpoint", real_save)
-
-
 def test_resume_matches_uninterrupted_run(synthetic, tmp_path, monkeypatch):
     config = replace(TINY, ema_decay=0.9)  # EMA state must survive the interruption too
     straight = train_on_cpu(synthetic, config, out_dir=tmp_path / "straight")
 
-    _train_until_stopped_after_epoch(2, synthetic, config, tmp_path / "resumed", monkeypatch)
+    train_until_stopped_after_epoch(2, synthetic, config, tmp_path / "resumed", monkeypatch)
     resumed = train_on_cpu(synthetic, config, out_dir=tmp_path / "resumed",
                            resume=tmp_path / "resumed" / "checkpoint.pt")
 
@@ -126,7 +111,7 @@ def test_a_resume_on_a_bf16_machine_keeps_training_in_fp32_as_it_began(synthetic
                                                                        monkeypatch):
     _native_bf16(monkeypatch, False)
     straight = train_on_cpu(synthetic, TINY)
-    _train_until_stopped_after_epoch(2, synthetic, TINY, tmp_path, monkeypatch)
+    train_until_stopped_after_epoch(2, synthetic, TINY, tmp_path, monkeypatch)
     _native_bf16(monkeypatch, True)  # "auto" would now pick bf16 for a new run
     assert choose_precision("cpu") == "bf16"
     resumed = train_on_cpu(synthetic, TINY, out_dir=tmp_path, resume=tmp_path / "checkpoint.pt")
@@ -139,7 +124,7 @@ def test_a_bf16_checkpoint_resumed_without_native_bf16_goes_on_in_fp32_and_says_
         synthetic, tmp_path, monkeypatch):
     _native_bf16(monkeypatch, True)
     config = replace(TINY, epochs=2, width=0.125)
-    _train_until_stopped_after_epoch(1, synthetic, config, tmp_path, monkeypatch)
+    train_until_stopped_after_epoch(1, synthetic, config, tmp_path, monkeypatch)
     assert T.read_checkpoint(tmp_path / "checkpoint.pt")["precision"] == "bf16"
     _native_bf16(monkeypatch, False)  # emulated bf16 would be several times slower than fp32
     with pytest.warns(UserWarning, match=r"trained in bf16, .* trains in fp32, so its result "
@@ -341,7 +326,7 @@ def test_gpu_recipe_runs_through_the_fp16_grad_scaler_path(synthetic, tmp_path, 
     monkeypatch.setattr(T, "choose_precision", lambda device, requested: "fp16")
     config = replace(get_preset("gpu"), width=0.125, batch_size=16, epochs=2, train_limit=64,
                      eval_limit=32)
-    _train_until_stopped_after_epoch(1, synthetic, config, tmp_path, monkeypatch)
+    train_until_stopped_after_epoch(1, synthetic, config, tmp_path, monkeypatch)
     saved = T.read_checkpoint(tmp_path / "checkpoint.pt")
     assert saved["precision"] == "fp16"
     assert saved["scaler"]["scale"] > 0  # an enabled scaler saved its state (a disabled one: {})

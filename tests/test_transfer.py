@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import train_on_cpu
+from conftest import train_on_cpu, train_until_stopped_after_epoch
 
 import inception.train as T
 import inception.transfer as X
@@ -210,16 +210,7 @@ def test_resumed_transfer_run_continues_from_its_checkpoint(three_classes, tmp_p
     config = replace(TINY, epochs=2, freeze="inception3b", pretrained_lr_scale=0.5)
     straight = train_on_cpu(three_classes, config, out_dir=tmp_path / "straight")
 
-    real_save = T.save_checkpoint
-
-    def crash_after_epoch_1(path, payload):
-        real_save(path, payload)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(T, "save_checkpoint", crash_after_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        train_on_cpu(three_classes, config, out_dir=tmp_path / "resumed")
-    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    train_until_stopped_after_epoch(1, three_classes, config, tmp_path / "resumed", monkeypatch)
 
     def no_reload(self):
         raise AssertionError("a resume must not read the pretrained weights again")
@@ -243,16 +234,7 @@ def test_a_resumed_transfer_run_no_longer_needs_the_checkpoint_it_began_from(thr
                          out_dir=tmp_path / "start").checkpoint
     config = replace(TINY, init_from=str(start), freeze="inception3b", epochs=2)
     straight = train_on_cpu(three_classes, config)
-    real_save = T.save_checkpoint
-
-    def crash_after_epoch_1(path, payload):
-        real_save(path, payload)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(T, "save_checkpoint", crash_after_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        train_on_cpu(three_classes, config, out_dir=tmp_path / "run")
-    monkeypatch.undo()
+    train_until_stopped_after_epoch(1, three_classes, config, tmp_path / "run", monkeypatch)
     start.rename(tmp_path / "elsewhere.pt")
     checkpoint = tmp_path / "run" / "checkpoint.pt"
     model = config.build_model(3, resume=checkpoint)

@@ -31,7 +31,7 @@ from inception.data.dataset import (
     default_root,
     split_indices,
 )
-from inception.errors import ConfigError, DatasetError
+from inception.errors import ConfigError, DatasetError, first_line
 from inception.runtime import quick_mode, reachable
 
 # Published per-channel statistics of the official training sets (RGB, pixel values in [0, 1]).
@@ -241,11 +241,9 @@ def _unpickle(path: Path):
         raise DatasetError(f"cannot read {path} ({err.strerror or err}): check its "
                            "permissions, or delete the folder and download it again") from None
     except Exception as err:  # noqa: BLE001 - whatever a damaged pickle raises, it is damaged
-        detail = str(err).strip().splitlines()
         raise DatasetError(
-            f"{path} is truncated or corrupt ({type(err).__name__}"
-            f"{': ' + detail[0] if detail else ''}). Delete {path.parent} and run again to "
-            "re-download it.") from None
+            f"{path} is truncated or corrupt ({first_line(err)}). Delete {path.parent} and run "
+            "again to re-download it.") from None
 
 
 def _invalid(path: Path, problem: str) -> DatasetError:

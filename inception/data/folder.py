@@ -36,7 +36,7 @@ from torchvision.io import ImageReadMode, decode_image
 from tqdm import tqdm
 
 from inception.data.dataset import ImageData, channel_stats, check_limits, split_indices
-from inception.errors import ConfigError, DatasetError
+from inception.errors import ConfigError, DatasetError, first_line
 from inception.runtime import save_atomically
 
 SPLITS = ("train", "val", "test")
@@ -286,11 +286,6 @@ def unreadable_reason(err: Exception) -> str:
     return "cannot be decoded as an image"
 
 
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:80]}" if lines else type(err).__name__
-
-
 def _warn_bad_files(root: Path, bad: list) -> None:
     """One warning naming every skipped file (the first `_LISTED`, then a count)."""
     if not bad:
@@ -349,7 +344,7 @@ def _cached_decode(listing: _Listing, image_size: int) -> dict | None:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         _check_cache(payload, listing, image_size)
     except Exception as err:  # noqa: BLE001 - any damage means: decode again
-        warnings.warn(f"the cache {path} is damaged ({_first_line(err)}): decoding the "
+        warnings.warn(f"the cache {path} is damaged ({first_line(err, limit=80)}): decoding the "
                       "images again and rewriting it", UserWarning, stacklevel=3)
         return None
     return payload
