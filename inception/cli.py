@@ -287,6 +287,10 @@ _CIFAR = ("cifar10", "cifar100")
 def _check_dataset_arguments(args: argparse.Namespace) -> bool:
     """Whether --dataset names CIFAR; refuses options that do not apply to the dataset named."""
     cifar = args.dataset in _CIFAR
+    named = str(args.dataset).lower().replace("-", "")
+    if not cifar and named in _CIFAR and not Path(args.dataset).exists():
+        raise ConfigError(f"--dataset {args.dataset} is neither cifar10 nor cifar100 (the names "
+                          f"are lower case) nor a folder: did you mean --dataset {named}?")
     if cifar and args.image_size is not None:
         raise ConfigError(f"--image-size is for image folders; {args.dataset} images are 32x32 "
                           "(leave --image-size out, or give --dataset a folder)")

@@ -22,7 +22,6 @@ from inception.model import Inception, fold_batchnorm, out_channels
 from inception.runtime import (
     autocast_dtype,
     choose_precision,
-    default_device,
     eval_batch_size,
     resolve_device,
 )
@@ -351,7 +350,7 @@ def branch_ablation(model: nn.Module, data: ImageData, module: str = "inception4
     of output channels it contributes. `drop` is baseline accuracy minus accuracy.
     """
     target = _inception_module(model, module)
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)  # a mistyped device is a clear error, not torch's
     images, labels = data.split(split)
     images = images.to(device)  # copied once, shared by the five passes
 

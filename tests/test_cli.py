@@ -108,6 +108,7 @@ def test_train_then_evaluate_round_trip(tmp_path, capsys):
     (["--dataset", "{folder}", "--data", "x"], "--data is for CIFAR", ConfigError),
     (["--dataset", "{tmp}/nowhere"], "nowhere does not exist: point --dataset at a folder",
      DatasetError),
+    (["--dataset", "CIFAR-10"], "did you mean --dataset cifar10?", ConfigError),
 ])
 def test_dataset_options_that_do_not_fit_get_a_one_line_error(argv, message, error, tmp_path,
                                                               capsys):

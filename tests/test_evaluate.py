@@ -233,6 +233,8 @@ def test_branch_ablation_matches_zeroing_each_branch_by_its_weights(synthetic):
     assert list(table["branch"]) == ["none", "1x1", "1x1→3x3", "1x1→5x5", "pool→1x1"]
     assert table["channels"].iloc[1:].sum() == module.out_channels
     assert table["drop"].iloc[0] == 0
+    with pytest.raises(ValueError, match="unknown device 'cuda:x'"):  # before any work
+        branch_ablation(model, synthetic, "inception4c", device="cuda:x")
     assert table["drop"].tolist() == pytest.approx(
         (table["accuracy"].iloc[0] - table["accuracy"]).tolist())
     # Hooks are gone: the model computes exactly what it did before the ablation.
